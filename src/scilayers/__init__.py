@@ -1,0 +1,16 @@
+"""scilayers: scientific solvers as differentiable layers with learnable physical parameters."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from . import models as models
+from . import params as params
+from . import solvers as solvers
+from .params import Bounded as Bounded
+from .params import Param as Param
+from .params import Positive as Positive
+from .solvers import rollout as rollout
+
+try:
+    __version__ = version("scilayers")
+except PackageNotFoundError:  # pragma: no cover
+    __version__ = "0.0.0"

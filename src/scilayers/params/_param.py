@@ -1,0 +1,221 @@
+"""`Param`: a learnable scientific parameter, and filters that split a model by role."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.tree_util as jtu
+import numpy as np
+from jaxtyping import Array, PyTree
+
+from ._constraints import AbstractConstraint, Positive, Unconstrained
+from ._priors import AbstractPrior
+
+
+def _is_concrete(x) -> bool:
+    return not isinstance(x, jax.core.Tracer)
+
+
+class Param(eqx.Module):
+    """A learnable scientific parameter θ_s.
+
+    The value is stored unconstrained in ``raw`` and resolved with :attr:`value` inside the
+    differentiated function, so gradients and optimiser steps act on the unconstrained
+    coordinate and the physical value always satisfies its constraint.
+
+    **Arguments:**
+
+    - `value`: the initial physical value (scalar or array).
+    - `constraint`: ``Positive()``, ``Bounded(lo, hi)``, ``Unconstrained()`` (default) or the
+      shorthand strings ``"positive"``/``None``.
+    - `units`: physical units, for reports (e.g. ``"m^2/s"``).
+    - `prior`: an optional prior (``Normal``, ``LogNormal``) on the physical value.
+    - `fixed`: if true, the parameter is never trained (it lands in the frozen group).
+    - `name`: optional display name; by default the attribute name in the model.
+    """
+
+    raw: Array
+    constraint: AbstractConstraint = eqx.field(static=True)
+    units: str = eqx.field(static=True)
+    prior: AbstractPrior | None = eqx.field(static=True)
+    fixed: bool = eqx.field(static=True)
+    name: str | None = eqx.field(static=True)
+
+    def __init__(
+        self,
+        value: Any,
+        constraint: AbstractConstraint | str | None = None,
+        *,
+        units: str = "",
+        prior: AbstractPrior | None = None,
+        fixed: bool = False,
+        name: str | None = None,
+    ):
+        if constraint is None:
+            constraint = Unconstrained()
+        elif constraint == "positive":
+            constraint = Positive()
+        elif isinstance(constraint, str):
+            raise ValueError(
+                f"unknown constraint {constraint!r}; use Positive(), Bounded(lo, hi) or None."
+            )
+        value = jnp.asarray(value, dtype=jnp.result_type(float))
+        if _is_concrete(value) and not constraint.contains(np.asarray(value)):
+            label = f" {name!r}" if name else ""
+            raise ValueError(
+                f"Param{label} value {np.asarray(value)} violates its constraint "
+                f"({constraint.describe()}); pass a value inside it or change the constraint."
+            )
+        self.raw = constraint.inverse(value)
+        self.constraint = constraint
+        self.units = units
+        self.prior = prior
+        self.fixed = fixed
+        self.name = name
+
+    @property
+    def value(self) -> Array:
+        """The physical value, resolved from ``raw`` through the constraint."""
+        v = self.constraint.forward(self.raw)
+        return jax.lax.stop_gradient(v) if self.fixed else v
+
+    def log_prior(self) -> Array:
+        """Log prior density of the current value (0 if there is no prior)."""
+        if self.prior is None:
+            return jnp.zeros(())
+        return jnp.sum(self.prior.log_prob(self.value))
+
+    def with_value(self, value) -> Param:
+        """A copy with a new physical value (constraint, prior and units kept)."""
+        return Param(
+            value,
+            self.constraint,
+            units=self.units,
+            prior=self.prior,
+            fixed=self.fixed,
+            name=self.name,
+        )
+
+
+def is_param(x) -> bool:
+    """Whether ``x`` is a :class:`Param` (use as ``is_leaf`` in tree maps)."""
+    return isinstance(x, Param)
+
+
+def resolve(x):
+    """The physical value of a `Param`, or ``x`` itself for a plain number or array."""
+    return x.value if isinstance(x, Param) else x
+
+
+def _spec(model: PyTree, role: str) -> PyTree:
+    def leaf_role(x):
+        if is_param(x):
+            return role == ("frozen" if x.fixed else "scientific")
+        if eqx.is_inexact_array(x):
+            return role == "network"
+        return role == "frozen"
+
+    return jtu.tree_map(leaf_role, model, is_leaf=is_param)
+
+
+def scientific(model: PyTree) -> PyTree:
+    """Filter spec selecting the raw values of free `Param`s (θ_s)."""
+    return _spec(model, "scientific")
+
+
+def network(model: PyTree) -> PyTree:
+    """Filter spec selecting floating-point arrays outside any `Param` (θ_ml)."""
+    return _spec(model, "network")
+
+
+def frozen(model: PyTree) -> PyTree:
+    """Filter spec selecting everything else: fixed `Param`s, integers, non-arrays."""
+    return _spec(model, "frozen")
+
+
+def partition(model: PyTree) -> tuple[PyTree, PyTree, PyTree]:
+    """Split ``model`` into ``(theta_s, theta_ml, frozen)``; `combine` undoes it.
+
+    Every leaf lands in exactly one of the three trees (the others hold ``None`` there).
+    """
+    theta_s, rest = eqx.partition(model, scientific(model), is_leaf=is_param)
+    theta_ml, fro = eqx.partition(rest, network(model), is_leaf=is_param)
+    return theta_s, theta_ml, fro
+
+
+def combine(*trees: PyTree) -> PyTree:
+    """Inverse of `partition`."""
+    return eqx.combine(*trees, is_leaf=is_param)
+
+
+def _key_name(k) -> str:
+    for attr in ("name", "key", "idx"):
+        if hasattr(k, attr):
+            return str(getattr(k, attr))
+    return str(k)
+
+
+def named(model: PyTree) -> dict[str, Param]:
+    """All `Param`s of ``model`` by name.
+
+    A parameter's name is its ``name`` if set, else its attribute name; if two parameters
+    would share a name, both get their full dotted path instead.
+    """
+    leaves = jtu.tree_flatten_with_path(model, is_leaf=is_param)[0]
+    found = [(path, p) for path, p in leaves if is_param(p)]
+    short = [p.name or (_key_name(path[-1]) if path else "param") for path, p in found]
+    out: dict[str, Param] = {}
+    for (path, p), s in zip(found, short, strict=True):
+        name = s if short.count(s) == 1 else ".".join(_key_name(k) for k in path)
+        out[name] = p
+    return out
+
+
+def values(model: PyTree) -> dict[str, Array]:
+    """The resolved physical values θ_s of every `Param` in ``model``, by name."""
+    return {k: p.value for k, p in named(model).items()}
+
+
+def log_prior(model: PyTree) -> Array:
+    """Sum of the log priors of all free `Param`s of ``model``."""
+    total = jnp.zeros(())
+    for p in named(model).values():
+        if not p.fixed:
+            total = total + p.log_prior()
+    return total
+
+
+def set_values(model: PyTree, **new_values) -> PyTree:
+    """A copy of ``model`` with the named `Param`s set to new physical values."""
+    params = named(model)
+    unknown = set(new_values) - set(params)
+    if unknown:
+        raise ValueError(f"unknown parameter(s) {sorted(unknown)}; the model has {sorted(params)}.")
+    for key, v in new_values.items():
+        old = params[key]
+        model = eqx.tree_at(lambda m, old=old: _find(m, old), model, old.with_value(v))
+    return model
+
+
+def _find(model, target):
+    for leaf in jtu.tree_leaves(model, is_leaf=is_param):
+        if leaf is target:
+            return leaf
+    raise ValueError("parameter not found")
+
+
+def fix(model: PyTree, fixed: bool = True) -> PyTree:
+    """A copy of ``model`` in which every `Param` is fixed (or freed, with ``fixed=False``)."""
+
+    def f(x):
+        if is_param(x):
+            y = x.with_value(x.value)
+            object.__setattr__(y, "fixed", fixed)
+            object.__setattr__(y, "raw", x.raw)
+            return y
+        return x
+
+    return jtu.tree_map(f, model, is_leaf=is_param)

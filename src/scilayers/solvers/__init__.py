@@ -1,0 +1,10 @@
+"""Differentiable time steppers and `rollout`."""
+
+from ._base import AbstractStepper as AbstractStepper
+from ._diffrax import Diffrax as Diffrax
+from ._etdrk import ETDRK4 as ETDRK4
+from ._etdrk import etdrk4_coefficients as etdrk4_coefficients
+from ._rollout import MEMORY_POLICIES as MEMORY_POLICIES
+from ._rollout import Repeated as Repeated
+from ._rollout import rollout as rollout
+from ._splitting import StrangSplitting as StrangSplitting

@@ -1,0 +1,41 @@
+"""Abstract time stepper: a module mapping one state to the next."""
+
+from __future__ import annotations
+
+import abc
+
+import equinox as eqx
+import numpy as np
+from jaxtyping import Array
+
+from ..models import AbstractModel, check_state
+
+
+class AbstractStepper(eqx.Module):
+    """A differentiable one-step map ``u_{t+dt} = Φ_dt(u_t; θ_s)``.
+
+    A stepper holds its `model` (and so its θ_s) as a field; all coefficients derived from
+    θ_s are computed inside ``__call__`` so gradients reach the parameters.
+    """
+
+    model: eqx.AbstractVar[AbstractModel]
+    dt: eqx.AbstractVar[float]
+
+    def __check_init__(self):
+        dt = self.dt
+        if not (np.ndim(dt) == 0 and np.isfinite(dt) and float(dt) > 0):
+            raise ValueError(
+                f"{type(self).__name__}: dt must be a positive finite number, got {dt!r}."
+            )
+
+    @property
+    def state_shape(self) -> tuple[int, ...]:
+        return self.model.state_shape
+
+    def check(self, u: Array) -> None:
+        """Raise a `ValueError` if ``u`` is not a single state of the model."""
+        check_state(u, self.state_shape, type(self).__name__)
+
+    @abc.abstractmethod
+    def __call__(self, u: Array) -> Array:
+        """Advance ``u`` by one step ``dt``."""
