@@ -41,7 +41,7 @@ class AbstractModel(eqx.Module):
     def initial_condition(self, key: PRNGKeyArray) -> Array:
         """A random initial state."""
 
-    def residual(self, trajectory: Float[Array, "time *state"], dt: float) -> Array:
+    def residual(self, trajectory: Float[Array, " time *state"], dt: float) -> Array:
         """The equation residual ``F(ũ; θ_s) = ∂_t ũ - f(ũ; θ_s)`` at interior times.
 
         ``∂_t`` is the second-order central difference ``(ũ_{t+1} - ũ_{t-1}) / (2 dt)``, so

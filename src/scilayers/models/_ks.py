@@ -13,7 +13,7 @@ from ._base import AbstractSpectralModel, _check_grid, _param
 class KuramotoSivashinsky(AbstractSpectralModel):
     r"""Generalised Kuramoto–Sivashinsky equation
 
-    $$u_t + c\,u u_x + a\,u_{xx} + b\,u_{xxxx} + d\,u_{xxx} = 0,\qquad x\in[0, L)\ \text{periodic}.$$
+    $$u_t + c\,u u_x + a\,u_{xx} + b\,u_{xxxx} + d\,u_{xxx} = 0,\quad x\in[0, L)$$ (periodic).
 
     In Fourier space the linear symbol is ``L(k) = a k² - b k⁴ + i d k³`` (anti-diffusion
     ``a``, hyper-diffusion ``b``, dispersion ``d``) and the nonlinearity is written in
