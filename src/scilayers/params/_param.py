@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import equinox as eqx
@@ -196,15 +197,16 @@ def set_values(model: PyTree, **new_values) -> PyTree:
         raise ValueError(f"unknown parameter(s) {sorted(unknown)}; the model has {sorted(params)}.")
     for key, v in new_values.items():
         old = params[key]
-        model = eqx.tree_at(lambda m, old=old: _find(m, old), model, old.with_value(v))
+        index = next(i for i, p in enumerate(_params(model)) if p is old)
+        # `eqx.tree_at` calls `where` on a rebuilt copy of the tree, where `old` no longer
+        # exists by identity; locate the parameter by its position instead.
+        model = eqx.tree_at(lambda m, i=index: _params(m)[i], model, old.with_value(v))
+        params = named(model)
     return model
 
 
-def _find(model, target):
-    for leaf in jtu.tree_leaves(model, is_leaf=is_param):
-        if leaf is target:
-            return leaf
-    raise ValueError("parameter not found")
+def _params(model) -> list[Param]:
+    return [x for x in jtu.tree_leaves(model, is_leaf=is_param) if is_param(x)]
 
 
 def fix(model: PyTree, fixed: bool = True) -> PyTree:
@@ -212,9 +214,10 @@ def fix(model: PyTree, fixed: bool = True) -> PyTree:
 
     def f(x):
         if is_param(x):
-            y = x.with_value(x.value)
+            # A shallow copy keeps ``raw`` bit-for-bit; going through the physical value
+            # would fail for a saturated value (e.g. a Bounded raw of 40 resolves to hi).
+            y = copy.copy(x)
             object.__setattr__(y, "fixed", fixed)
-            object.__setattr__(y, "raw", x.raw)
             return y
         return x
 

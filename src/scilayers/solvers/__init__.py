@@ -4,6 +4,7 @@ from ._base import AbstractStepper as AbstractStepper
 from ._diffrax import Diffrax as Diffrax
 from ._etdrk import ETDRK4 as ETDRK4
 from ._etdrk import etdrk4_coefficients as etdrk4_coefficients
+from ._etdrk import phi1 as phi1
 from ._rollout import MEMORY_POLICIES as MEMORY_POLICIES
 from ._rollout import Repeated as Repeated
 from ._rollout import rollout as rollout

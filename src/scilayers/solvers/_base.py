@@ -8,7 +8,7 @@ import equinox as eqx
 import numpy as np
 from jaxtyping import Array
 
-from ..models import AbstractModel, check_state
+from ..models import check_state
 
 
 class AbstractStepper(eqx.Module):
@@ -18,8 +18,8 @@ class AbstractStepper(eqx.Module):
     θ_s are computed inside ``__call__`` so gradients reach the parameters.
     """
 
-    model: eqx.AbstractVar[AbstractModel]
-    dt: eqx.AbstractVar[float]
+    # Subclasses provide `model: AbstractModel` and `dt: float`, as fields or (for wrappers
+    # such as `Repeated`) as properties; they are not declared here so that both work.
 
     def __check_init__(self):
         dt = self.dt

@@ -1,0 +1,174 @@
+"""`Hybrid`: a scientific stepper coupled with a neural network."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import equinox as eqx
+import jax.numpy as jnp
+import jax.tree_util as jtu
+from jaxtyping import Array
+
+from ..models import AbstractModel, AbstractSpectralModel
+from ..params import is_param, partition
+from ..solvers import AbstractStepper, phi1
+
+COUPLINGS = ("closure", "residual", "parameter")
+SYMMETRIES = (None, "ks-odd")
+
+
+def physics_of(step) -> tuple[AbstractModel | None, float | None]:
+    """The scientific model and time step inside ``step`` (a stepper, `Hybrid`, or
+    `NeuralStepper`), or ``(None, None)`` when it has no physics."""
+    if isinstance(step, Hybrid):
+        return physics_of(step.step)
+    if isinstance(step, AbstractStepper):
+        return step.model, step.dt
+    return None, None
+
+
+def _ks_odd(net, u):
+    """Project ``net`` onto operators anti-equivariant under ``S u(x) = -u(-x)``.
+
+    KS (``u_t + c u u_x + a u_xx + b u_xxxx = 0``) is equivariant under ``S``; every term it
+    contains (``u u_x``, ``u_xx``, ``u_xxxx``) is too, while odd-order dispersive terms
+    such as ``d u_xxx`` are anti-equivariant. The projection
+    ``g(u) = ½ (net(u) + R net(-R u))`` (``R`` = reflection ``x → -x`` on the periodic
+    grid) therefore cannot represent any term that θ_s already parameterises, which keeps
+    θ_s identifiable next to the closure.
+    """
+
+    def reflect(v):
+        return jnp.roll(jnp.flip(v, axis=-1), 1, axis=-1)
+
+    return 0.5 * (net(u) + reflect(net(-reflect(u))))
+
+
+class Hybrid(eqx.Module):
+    r"""A scientific stepper ``Φ_dt(·; θ_s)`` coupled with a network ``N(·; θ_ml)``.
+
+    Couplings:
+
+    - ``"closure"``: the network adds a term to the equation inside every step,
+      ``u_t = L u + N_phys(u; θ_s) + scale · g(u; θ_ml)``. For spectral steppers the forcing
+      ``g(u_n)`` is held over the step and integrated exactly through the linear
+      propagator, ``u_{n+1} = Φ_dt(u_n) + dt φ_1(dt L) g(u_n)`` (so stiff modes damp it
+      as they damp the physics); for other steppers ``u_{n+1} = Φ_dt(u_n) + dt g(u_n)``.
+    - ``"residual"``: the network corrects the solver output,
+      ``u_{n+1} = v + scale · g(v)`` with ``v = Φ_dt(u_n)``.
+    - ``"parameter"``: the network maps a context ``context(u_n)`` (default the state) to
+      offsets of the unconstrained θ_s, which then drive the solver:
+      ``u_{n+1} = Φ_dt(u_n; θ_s + g(context))``.
+
+    A `Hybrid` is a step function like any other: `rollout`, losses and `fit` work
+    unchanged.
+
+    **Arguments:**
+
+    - `step`: a stepper (`ETDRK4`, `StrangSplitting`, `Diffrax`, `Repeated`).
+    - `net`: an Equinox network mapping a state to a state (``closure``/``residual``) or a
+      context to a vector with one entry per free `Param` (``parameter``).
+    - `coupling`: one of ``"closure"``, ``"residual"``, ``"parameter"``.
+    - `scale`: multiplies the network's output (default 1).
+    - `symmetry`: ``None`` or ``"ks-odd"`` (restrict a closure to terms θ_s cannot
+      express; see `_ks_odd`).
+    - `context`: for ``"parameter"``, a function of the state giving the network input.
+    """
+
+    step: AbstractStepper
+    net: eqx.Module
+    coupling: str = eqx.field(static=True, default="closure")
+    scale: float = eqx.field(static=True, default=1.0)
+    symmetry: str | None = eqx.field(static=True, default=None)
+    context: Callable | None = eqx.field(static=True, default=None)
+
+    def __check_init__(self):
+        if self.coupling not in COUPLINGS:
+            raise ValueError(f"unknown coupling {self.coupling!r}; choose one of {COUPLINGS}.")
+        if self.symmetry not in SYMMETRIES:
+            raise ValueError(f"unknown symmetry {self.symmetry!r}; choose one of {SYMMETRIES}.")
+        if not isinstance(self.step, AbstractStepper):
+            raise ValueError(
+                f"Hybrid needs a scilayers stepper as `step`, got {type(self.step).__name__}."
+            )
+
+    @property
+    def model(self) -> AbstractModel:
+        return self.step.model
+
+    @property
+    def dt(self) -> float:
+        return self.step.dt
+
+    @property
+    def state_shape(self):
+        return self.step.state_shape
+
+    def check(self, u):
+        self.step.check(u)
+
+    def network_term(self, u: Array) -> Array:
+        """The network's contribution ``scale · g(u)`` (closure/residual couplings)."""
+        g = _ks_odd(self.net, u) if self.symmetry == "ks-odd" else self.net(u)
+        return self.scale * g
+
+    def __call__(self, u: Array) -> Array:
+        self.check(u)
+        if self.coupling == "residual":
+            v = self.step(u)
+            return v + self.network_term(v)
+        if self.coupling == "closure":
+            v = self.step(u)
+            g = self.network_term(u)
+            model = self.step.model
+            if isinstance(model, AbstractSpectralModel):
+                prop = phi1(model.linear_operator(), self.dt)
+                return v + jnp.fft.irfft(prop * jnp.fft.rfft(g), model.n)
+            return v + self.dt * g
+        # parameter coupling
+        ctx = u if self.context is None else self.context(u)
+        offsets = self.net(ctx)
+        return _with_offsets(self.step, offsets)(u)
+
+
+def _with_offsets(step, offsets: Array):
+    """``step`` with each free `Param`'s raw value shifted by one entry of ``offsets``."""
+    theta_s, rest, frozen = partition(step)
+    leaves, treedef = jtu.tree_flatten(theta_s, is_leaf=is_param)
+    params = [p for p in leaves if is_param(p)]
+    n_free = sum(int(jnp.size(p.raw)) for p in params)
+    if offsets.shape != (n_free,):
+        raise ValueError(
+            f"a 'parameter' coupling network must output one value per free Param entry "
+            f"({n_free}), got shape {offsets.shape}."
+        )
+    new, i = [], 0
+    for leaf in leaves:
+        if is_param(leaf):
+            size = int(jnp.size(leaf.raw))
+            delta = offsets[i : i + size].reshape(jnp.shape(leaf.raw))
+            leaf = eqx.tree_at(lambda p: p.raw, leaf, leaf.raw + delta)
+            i += size
+        new.append(leaf)
+    theta_s = jtu.tree_unflatten(treedef, new)
+    return eqx.combine(theta_s, rest, frozen, is_leaf=is_param)
+
+
+class NeuralStepper(eqx.Module):
+    """A pure network time stepper ``u_{n+1} = u_n + scale · net(u_n)`` (no physics)."""
+
+    net: eqx.Module
+    state_shape: tuple[int, ...] = eqx.field(static=True)
+    dt: float = eqx.field(static=True, default=1.0)
+    scale: float = eqx.field(static=True, default=1.0)
+
+    def check(self, u):
+        if tuple(jnp.shape(u)) != tuple(self.state_shape):
+            raise ValueError(
+                f"NeuralStepper: expected a state of shape {self.state_shape}, got "
+                f"{jnp.shape(u)}; for a batch use jax.vmap."
+            )
+
+    def __call__(self, u: Array) -> Array:
+        self.check(u)
+        return u + self.scale * self.net(u)

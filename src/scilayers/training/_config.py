@@ -1,0 +1,115 @@
+"""Typed training configuration."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass
+
+STRATEGIES = ("joint", "staged", "fixed")
+SCHEDULES = ("constant", "cosine")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How `fit` trains a model. All fields are plain values; saved with every result.
+
+    **Arguments:**
+
+    - `strategy`: ``"joint"`` (θ_s and θ_ml from the start), ``"staged"`` (calibrate θ_s
+      with the network off, then fit θ_ml with θ_s frozen, then optionally fine-tune both;
+      split by `stage_fractions`) or ``"fixed"`` (θ_s frozen at its initial value).
+    - `steps`: optimiser steps in total; `batch_size`: windows per step.
+    - `horizon`: unrolled steps per window; `horizon_schedule`: optional increasing
+      horizons used over equal parts of training (e.g. ``(5, 10, 20)``).
+    - `lr_theta`, `lr_net`: Adam learning rates for θ_s and θ_ml; `schedule`:
+      ``"constant"`` or ``"cosine"`` (decay to 10 %).
+    - `lambda_data`, `lambda_physics`, `lambda_prior`, `lambda_closure`: loss weights
+      (``λ_d L_data + λ_p L_physics - λ_prior log p(θ_s) + λ_c ||closure||²``), all >= 0.
+    - `clip_norm`: global gradient-norm clip (``None`` disables).
+    - `stage_fractions`: fraction of `steps` for calibrate / network / fine-tune stages.
+    - `val_every`: evaluate the validation loss every so many steps; `patience`: stop a
+      stage after this many evaluations without improvement (``None``: never); the best
+      validated state of each stage is kept.
+    - `checkpoint_every`: write an atomic checkpoint every so many steps (0: never).
+    - `memory`: rollout memory policy for the unrolled loss.
+    - `max_rejects`: consecutive non-finite steps tolerated (each halves the learning
+      rate, `reject_factor`) before training stops with a message.
+    - `seed`: drives data order and any randomness of training.
+    """
+
+    strategy: str = "joint"
+    steps: int = 500
+    batch_size: int = 32
+    horizon: int = 20
+    horizon_schedule: tuple[int, ...] = ()
+    lr_theta: float = 2e-2
+    lr_net: float = 1e-3
+    schedule: str = "cosine"
+    lambda_data: float = 1.0
+    lambda_physics: float = 0.0
+    lambda_prior: float = 0.0
+    lambda_closure: float = 0.0
+    clip_norm: float | None = 1.0
+    stage_fractions: tuple[float, float, float] = (0.3, 0.5, 0.2)
+    val_every: int = 50
+    patience: int | None = None
+    checkpoint_every: int = 0
+    memory: str = "full"
+    max_rejects: int = 20
+    reject_factor: float = 0.5
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"unknown strategy {self.strategy!r}; choose one of {STRATEGIES}.")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"unknown schedule {self.schedule!r}; choose one of {SCHEDULES}.")
+        for name in ("lambda_data", "lambda_physics", "lambda_prior", "lambda_closure"):
+            v = getattr(self, name)
+            if not (math.isfinite(v) and v >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {v}.")
+        for name in ("steps", "batch_size", "horizon", "val_every", "max_rejects"):
+            v = getattr(self, name)
+            if not (isinstance(v, int) and v >= 1):
+                raise ValueError(f"{name} must be a positive integer, got {v!r}.")
+        for name in ("lr_theta", "lr_net"):
+            v = getattr(self, name)
+            if not (math.isfinite(v) and v >= 0):
+                raise ValueError(f"{name} must be a finite learning rate >= 0, got {v}.")
+        if self.checkpoint_every < 0:
+            raise ValueError(f"checkpoint_every must be >= 0, got {self.checkpoint_every}.")
+        if any(h < 1 for h in self.horizon_schedule):
+            raise ValueError(f"horizon_schedule entries must be >= 1: {self.horizon_schedule}.")
+        fr = self.stage_fractions
+        if len(fr) != 3 or any(f < 0 for f in fr) or sum(fr) <= 0:
+            raise ValueError(f"stage_fractions must be three non-negative numbers, got {fr}.")
+        if self.clip_norm is not None and not self.clip_norm > 0:
+            raise ValueError(f"clip_norm must be > 0 or None, got {self.clip_norm}.")
+        if not 0 < self.reject_factor < 1:
+            raise ValueError(f"reject_factor must be in (0, 1), got {self.reject_factor}.")
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["horizon_schedule"] = list(self.horizon_schedule)
+        d["stage_fractions"] = list(self.stage_fractions)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown TrainConfig field(s) {sorted(unknown)}.")
+        d = dict(d)
+        for k in ("horizon_schedule", "stage_fractions"):
+            if k in d:
+                d[k] = tuple(d[k])
+        return cls(**d)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    def replace(self, **changes) -> TrainConfig:
+        return dataclasses.replace(self, **changes)
