@@ -112,42 +112,59 @@ def sample_windows(data, key, batch: int, horizon: int):
     return data[traj[:, None], idx]
 
 
+LAMBDAS = ("lambda_data", "lambda_physics", "lambda_prior", "lambda_closure")
+
+
+def loss_weights(config: TrainConfig) -> dict:
+    """The loss weights of ``config`` as arrays (traced, so changing them never recompiles)."""
+    return {k: jnp.asarray(getattr(config, k), dtype=float) for k in LAMBDAS}
+
+
+def _structural(config: TrainConfig) -> TrainConfig:
+    """``config`` with everything that does not change the compiled program normalised:
+    the seed, and each λ reduced to whether its term is computed at all."""
+    return config.replace(seed=0, **{k: float(getattr(config, k) > 0) for k in LAMBDAS})
+
+
 def make_loss(config: TrainConfig, stage: Stage):
     """The total loss ``λ_d L_data + λ_p L_physics + λ_prior (-log p) + λ_c ||closure||²``
-    of a model on a batch of windows; returns ``(loss, parts)``."""
+    of a model on a batch of windows, ``loss_fn(model, windows, weights) -> (loss, parts)``.
+    A term is computed only where ``config`` gives it a positive λ; the values of the λ come
+    from ``weights`` (see `loss_weights`)."""
 
-    def loss_fn(model, windows):
+    def loss_fn(model, windows, weights):
         view = _view(model, stage)
         data_l, pred = rollout_loss(view, windows, config.memory)
         parts = {"data": data_l}
-        total = config.lambda_data * data_l
+        total = weights["lambda_data"] * data_l
         if config.lambda_physics > 0:
             parts["physics"] = physics_loss(view, pred)
-            total = total + config.lambda_physics * parts["physics"]
+            total = total + weights["lambda_physics"] * parts["physics"]
         if config.lambda_prior > 0:
             parts["prior"] = prior_loss(view)
-            total = total + config.lambda_prior * parts["prior"]
+            total = total + weights["lambda_prior"] * parts["prior"]
         if config.lambda_closure > 0:
             states = windows[:, :-1].reshape(-1, *windows.shape[2:])
             parts["closure"] = closure_magnitude(view, states)
-            total = total + config.lambda_closure * parts["closure"]
+            total = total + weights["lambda_closure"] * parts["closure"]
         return total, parts
 
     return loss_fn
 
 
 def make_train_step(config: TrainConfig, stage: Stage, opt_theta, opt_net, horizon: int):
-    """A pure step ``(trainable, opt_state, static, data, key, lr_scale) -> (trainable,
-    opt_state, loss, parts, ok)``. A non-finite loss or gradient rejects the step (the
+    """A pure step ``(trainable, opt_state, static, data, key, hyper) -> (trainable,
+    opt_state, loss, parts, ok)``, with ``hyper`` holding ``lr_scale`` and the loss weights
+    (`loss_weights`). A non-finite loss or gradient rejects the step (the
     returned state is the input state) and ``ok`` is false. Pure in all arguments, so an
     ensemble can ``vmap`` it over member keys and a batch can be sharded."""
     loss_fn = make_loss(config, stage)
 
-    def step(trainable, opt_state, static, data, key, lr_scale):
+    def step(trainable, opt_state, static, data, key, hyper):
         windows = sample_windows(data, key, config.batch_size, horizon)
 
         def f(tr):
-            return loss_fn(_combine(tr, static), windows)
+            return loss_fn(_combine(tr, static), windows, hyper)
 
         (loss, parts), grads = jax.value_and_grad(f, has_aux=True)(trainable)
         leaves = jtu.tree_leaves(grads)
@@ -161,7 +178,7 @@ def make_train_step(config: TrainConfig, stage: Stage, opt_theta, opt_net, horiz
         grads = jtu.tree_map(lambda g: jnp.where(ok, g, 0.0), grads)
         upd_t, st_t = opt_theta.update(grads[0], opt_state[0], trainable[0])
         upd_n, st_n = opt_net.update(grads[1], opt_state[1], trainable[1])
-        updates = jtu.tree_map(lambda u: u * lr_scale, (upd_t, upd_n))
+        updates = jtu.tree_map(lambda u: u * hyper["lr_scale"], (upd_t, upd_n))
         new = eqx.apply_updates(trainable, updates)
         new_state = (st_t, st_n)
 
@@ -419,6 +436,7 @@ def fit(
         prog.update(task, completed=sum(s.steps for s in stages[:start_stage]) + start_step)
 
     global_step = sum(s.steps for s in stages[:start_stage]) + start_step
+    weights = loss_weights(config)
     try:
         for si in range(start_stage, len(stages)):
             stage = stages[si]
@@ -442,10 +460,15 @@ def fit(
             for k in range(first, stage.steps):
                 h = _horizon_at(config, k, stage.steps)
                 if h not in steps_fns:
-                    steps_fns[h] = _compiled_step(config.replace(seed=0), stage, h)
+                    steps_fns[h] = _compiled_step(_structural(config), stage, h)
                 key = jax.random.fold_in(stage_key, k)
                 trainable, opt_state, loss, parts, ok = steps_fns[h](
-                    trainable, opt_state, static, data, key, jnp.asarray(lr_scale)
+                    trainable,
+                    opt_state,
+                    static,
+                    data,
+                    key,
+                    dict(weights, lr_scale=jnp.asarray(lr_scale)),
                 )
                 ok = bool(ok)
                 model = _combine(trainable, static)

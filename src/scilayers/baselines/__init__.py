@@ -1,0 +1,7 @@
+"""Baselines: pure physics (prior or calibrated θ_s), PINN without parameter adaptation,
+sequential (post-hoc) hybrid, and a pure neural emulator."""
+
+from ._methods import calibrate as calibrate
+from ._methods import neural_emulator as neural_emulator
+from ._methods import pure_physics as pure_physics
+from ._methods import sequential_hybrid as sequential_hybrid

@@ -1,0 +1,86 @@
+"""Shared plumbing for studies: environment record, per-run cache, JSON output."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import platform
+import tempfile
+from pathlib import Path
+
+import jax
+import numpy as np
+
+
+def environment() -> dict:
+    from .. import __version__
+
+    return {
+        "scilayers": __version__,
+        "jax": jax.__version__,
+        "devices": [str(d.platform) for d in jax.devices()],
+        "device_count": jax.device_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "x64": bool(jax.config.jax_enable_x64),
+        "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+    }
+
+
+def _clean(x):
+    if isinstance(x, dict):
+        return {str(k): _clean(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_clean(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return _clean(x.tolist())
+    if isinstance(x, np.generic):
+        return _clean(x.item())
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
+def write_json(path: Path, obj) -> None:
+    """Atomically write ``obj`` as JSON (NaN/Inf become null)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(_clean(obj), f, indent=1)
+    os.replace(tmp, path)
+
+
+class RunCache:
+    """Finished (run, seed) results on disk, so a killed study resumes without redoing
+    them: ``DIR/runs/<name>__seed<k>.json`` (metrics) and ``.npz`` (arrays)."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def _paths(self, name: str, seed: int):
+        stem = f"{name}__seed{seed}"
+        return self.root / f"{stem}.json", self.root / f"{stem}.npz"
+
+    def get(self, name: str, seed: int):
+        js, nz = self._paths(name, seed)
+        if not (js.exists() and nz.exists()):
+            return None
+        try:
+            metrics = json.loads(js.read_text())
+            with np.load(nz) as f:
+                arrays = {k: f[k] for k in f.files}
+        except (json.JSONDecodeError, OSError, ValueError):
+            return None  # a partial write: recompute
+        return metrics, arrays
+
+    def put(self, name: str, seed: int, metrics: dict, arrays: dict) -> None:
+        js, nz = self._paths(name, seed)
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=nz.name + ".tmp", suffix=".npz")
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, nz)
+        write_json(js, metrics)
