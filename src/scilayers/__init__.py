@@ -3,6 +3,7 @@
 from importlib.metadata import PackageNotFoundError, version
 
 from . import models as models
+from . import nn as nn
 from . import params as params
 from . import solvers as solvers
 from .params import Bounded as Bounded

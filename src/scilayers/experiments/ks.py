@@ -276,6 +276,7 @@ def evaluate(prob: Problem, preds_id: np.ndarray, preds_ood: np.ndarray) -> dict
         out[f"{tag}_mse"] = mse
         out[f"{tag}_nmse"] = M.normalised(mse, truth)
         out[f"{tag}_corr_time"] = float(M.correlation_time(pred, truth, cfg.dt).mean())
+        out[f"{tag}_diverged"] = M.diverged_fraction(pred)
         out[f"{tag}_horizon"] = [
             float(per_step[k]) if k <= steps else float("nan") for k in cfg.horizons
         ]
@@ -459,16 +460,19 @@ def _aggregate(per_seed: list[dict], cfg: KSStudyConfig) -> dict:
         "physics_residual",
         "physics_residual_ood",
         "train_seconds",
+        "id_diverged",
+        "ood_diverged",
     )
     out = {k: M.summary([m[k] for m in per_seed]) for k in keys}
     horizon = {}
     for tag in ("id", "ood"):
         arr = np.asarray([m[f"{tag}_horizon"] for m in per_seed], dtype=float)
-        horizon[tag] = {
-            "steps": list(cfg.horizons),
-            "mean": np.nanmean(arr, 0).tolist() if np.isfinite(arr).any() else [],
-            "std": np.nanstd(arr, 0).tolist() if np.isfinite(arr).any() else [],
-        }
+        with np.errstate(invalid="ignore", over="ignore"):
+            horizon[tag] = {
+                "steps": list(cfg.horizons),
+                "mean": arr.mean(0).tolist(),
+                "std": arr.std(0).tolist(),
+            }
     out["horizon_mse"] = horizon
     theta = {}
     true = {"a": cfg.a_true, "b": cfg.b_true}

@@ -2,6 +2,7 @@
 
 from ._metrics import correlation as correlation
 from ._metrics import correlation_time as correlation_time
+from ._metrics import diverged_fraction as diverged_fraction
 from ._metrics import mse_by_step as mse_by_step
 from ._metrics import normalised as normalised
 from ._metrics import physics_residual as physics_residual
