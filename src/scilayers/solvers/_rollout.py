@@ -138,7 +138,12 @@ def rollout(
                 )
         else:
             ok = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
-            u0 = eqx.error_if(u0, ~ok, "the initial state contains NaN or Inf")
+            u0 = eqx.error_if(
+                u0,
+                ~ok,
+                "the initial state contains NaN or Inf; clean or impute the data before the "
+                "rollout.",
+            )
 
     if n == 0:
         return jtu.tree_map(lambda x: x[None], u0)

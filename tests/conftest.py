@@ -1,0 +1,20 @@
+"""Session-wide test configuration: float64, strict rank promotion, seeded keys."""
+
+import jax
+import pytest
+from hypothesis import settings
+
+# Numerical tests compare against closed forms and peer implementations at 1e-10 and
+# below, which needs float64. Rank promotion must be explicit in library code.
+jax.config.update("jax_enable_x64", True)
+jax.config.update("jax_numpy_rank_promotion", "raise")
+
+# JAX dispatch and compilation make example timings erratic; deadlines would flake.
+settings.register_profile("scilayers", deadline=None, max_examples=50)
+settings.load_profile("scilayers")
+
+
+@pytest.fixture
+def key():
+    """A fixed PRNG key, so every test is reproducible."""
+    return jax.random.key(20240611)
