@@ -1,0 +1,48 @@
+# scilayers — common tasks. `make demo` and `make test` are the quick start.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+SCILAYERS := $(VENV)/bin/scilayers
+
+# The default study. Switch to `$(SCILAYERS) run ks --preset quick --out runs/ks-quick`
+# once the KS study is the demo.
+DEMO_CMD ?= $(SCILAYERS) data ks --trajectories 64 --steps 200 --out runs/demo/ks.nc \
+	--figures runs/demo/figures
+
+.PHONY: help venv install demo test test-all bench lint clean
+
+help:
+	@echo "make demo      create $(VENV), install, run the default study (DEMO_CMD)"
+	@echo "make test      fast tests (SCILAYERS_DATA_DIR defaults to ../shared/data)"
+	@echo "make test-all  all tests, slow ones included"
+	@echo "make bench     the benchmark suite (writes benchmarks/results.json)"
+	@echo "make lint      ruff"
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+venv: $(PY)
+
+# Install only when needed: an existing, working environment is left untouched.
+install: $(PY)
+	@$(PY) -c "import scilayers, pytest, exponax, ruff" 2>/dev/null \
+		|| $(PIP) install -e ".[test]"
+
+demo: install
+	$(DEMO_CMD)
+
+test: install
+	SCILAYERS_DATA_DIR=$${SCILAYERS_DATA_DIR:-../shared/data} $(VENV)/bin/pytest -q
+
+test-all: install
+	SCILAYERS_DATA_DIR=$${SCILAYERS_DATA_DIR:-../shared/data} $(VENV)/bin/pytest -q -m ""
+
+bench: install
+	$(SCILAYERS) bench
+
+lint: install
+	$(VENV)/bin/ruff check src tests benchmarks
+
+clean:
+	rm -rf runs/demo .pytest_cache .ruff_cache

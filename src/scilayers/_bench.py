@@ -1,0 +1,596 @@
+"""The benchmark suite behind `scilayers bench` and `benchmarks/run.py`.
+
+Every speed target is a *ratio* of two timings taken in the same process, interleaved
+repeat by repeat, so that machine load shifts both sides alike. Each timing compiles first,
+warms up, then takes the median over repeats of a jitted call that runs a ``lax.scan`` of
+many steps and ends with ``block_until_ready``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import models, solvers
+from .solvers import etdrk4_coefficients, rollout
+
+
+@dataclass
+class Figure:
+    """One benchmark figure: our value, the reference it is compared with, the ratio and
+    the target on that ratio (or on the value itself when there is no reference)."""
+
+    key: str
+    label: str
+    value: float
+    unit: str
+    reference: float | None = None
+    reference_label: str = ""
+    ratio: float | None = None
+    target: float | None = None
+    target_text: str = ""
+    passed: bool | None = None
+    note: str = ""
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- timing helpers
+def _block(x):
+    return jax.block_until_ready(x)
+
+
+def time_samples(
+    fns: dict[str, Callable[[], Any]], repeats: int, number: int = 1, warmup: int = 2
+) -> dict[str, np.ndarray]:
+    """Wall-time samples (s per call) of each function, repeats interleaved.
+
+    Every function is called ``warmup`` times first (compilation and caches). Then, for each
+    repeat, each function in turn is called ``number`` times back to back and blocked on; the
+    time divided by ``number`` is one sample. Interleaving makes a burst of load on the
+    machine hit all candidates alike, so ratios of medians stay meaningful.
+    """
+    for f in fns.values():
+        for _ in range(warmup):
+            _block(f())
+    samples: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, f in fns.items():
+            t0 = time.perf_counter()
+            out = None
+            for _ in range(number):
+                out = f()
+            _block(out)
+            samples[k].append((time.perf_counter() - t0) / number)
+    return {k: np.asarray(v) for k, v in samples.items()}
+
+
+def median_times(
+    fns: dict[str, Callable[[], Any]], repeats: int, number: int = 1, warmup: int = 2
+) -> dict[str, float]:
+    """Median over interleaved repeats of the wall time (s) of one call of each function."""
+    return {k: float(np.median(v)) for k, v in time_samples(fns, repeats, number, warmup).items()}
+
+
+def _spread(samples: dict[str, np.ndarray], scale: float = 1.0) -> dict[str, dict[str, float]]:
+    """min / quartiles of each sample set, to show how noisy the machine was."""
+    return {
+        k: {
+            "min": float(v.min() * scale),
+            "q25": float(np.percentile(v, 25) * scale),
+            "median": float(np.median(v) * scale),
+            "q75": float(np.percentile(v, 75) * scale),
+        }
+        for k, v in samples.items()
+    }
+
+
+def _ratio_figure(key, label, value, unit, ref, ref_label, target, note="", scale=1.0, **details):
+    ratio = value / ref
+    return Figure(
+        key=key,
+        label=label,
+        value=value * scale,
+        unit=unit,
+        reference=ref * scale,
+        reference_label=ref_label,
+        ratio=ratio,
+        target=target,
+        target_text=f"<= {target:g}x",
+        passed=bool(ratio <= target),
+        note=note,
+        details=details,
+    )
+
+
+def _initial_batch(model, batch: int, seed: int = 0):
+    keys = jax.random.split(jax.random.key(seed), batch)
+    return jax.vmap(model.initial_condition)(keys)
+
+
+# --------------------------------------------------------------------- (a) step throughput
+@eqx.filter_jit
+def _ours_rollout(step, u0, steps: int):
+    return jax.vmap(lambda u: rollout(step, u, steps))(u0)
+
+
+@eqx.filter_jit
+def _fft_floor(u0, steps: int):
+    n = u0.shape[-1]
+
+    def body(u, _):
+        for _ in range(5):
+            u = jnp.fft.irfft(jnp.fft.rfft(u, axis=-1), n, axis=-1)
+        return u, u
+
+    _, ys = jax.lax.scan(body, u0, None, length=steps)
+    return ys
+
+
+@eqx.filter_jit
+def _exponax_rollout(stepper, u0, steps: int):
+    import exponax
+
+    return jax.vmap(exponax.rollout(stepper, steps, include_init=True))(u0)
+
+
+@eqx.filter_jit
+def _coefficients_only(step, u0, steps: int):
+    """What ETDRK4 recomputes from θ_s in every call: the contour-integral coefficients."""
+
+    def body(c, _):
+        coef = etdrk4_coefficients(
+            step.model.linear_operator(), step.dt, step.contour_points, step.contour_radius
+        )
+        return c + sum(jnp.real(x[0]) for x in coef), None
+
+    return jax.lax.scan(body, jnp.zeros(()), None, length=steps)[0] + 0 * u0[0, 0]
+
+
+def _etdrk4_hoisted(step):
+    """ETDRK4 with the coefficients computed once per rollout instead of once per step
+    (diagnostic only: what a `prepare` hook in the solver would give)."""
+    m = step.model
+    e, e2, q, f1, f2, f3 = etdrk4_coefficients(
+        m.linear_operator(), step.dt, step.contour_points, step.contour_radius
+    )
+    mask = None if step.dealias is None else m.dealias_mask(step.dealias)
+
+    def f(u):
+        v = jnp.fft.rfft(u)
+        nv = m.nonlinear_hat(v, mask)
+        a = e2 * v + q * nv
+        na = m.nonlinear_hat(a, mask)
+        b = e2 * v + q * na
+        nb = m.nonlinear_hat(b, mask)
+        c = e2 * a + q * (2 * nb - nv)
+        nc = m.nonlinear_hat(c, mask)
+        return jnp.fft.irfft(e * v + f1 * nv + 2 * f2 * (na + nb) + f3 * nc, m.n)
+
+    return f
+
+
+@eqx.filter_jit
+def _hoisted_rollout(step, u0, steps: int):
+    f = _etdrk4_hoisted(step)
+    return jax.vmap(lambda u: rollout(f, u, steps))(u0)
+
+
+def bench_step(n: int, batch: int, steps: int, repeats: int, dt: float = 0.05):
+    """(a) batch rollout step time: ours vs the bare FFT floor and vs Exponax."""
+    import exponax
+
+    length = 22.0 * n / 64  # same dx as the reference KS setup (L = 22 on 64 points)
+    ks = models.KuramotoSivashinsky(length=length, n=n)
+    u0 = _initial_batch(ks, batch)
+    ours = solvers.ETDRK4(ks, dt=dt)
+    ours_da = solvers.ETDRK4(ks, dt=dt, dealias=2 / 3)
+
+    def ex(frac):
+        return exponax.stepper.KuramotoSivashinskyConservative(
+            1, length, n, dt, order=4, dealiasing_fraction=frac
+        )
+
+    ex_off, ex_da = ex(None), ex(2 / 3)
+    u0c = u0[:, None, :]
+    fns = {
+        "ours": lambda: _ours_rollout(ours, u0, steps),
+        "ours_dealias": lambda: _ours_rollout(ours_da, u0, steps),
+        "fft_floor": lambda: _fft_floor(u0, steps),
+        "exponax": lambda: _exponax_rollout(ex_off, u0c, steps),
+        "exponax_dealias": lambda: _exponax_rollout(ex_da, u0c, steps),
+        "diag_coefficients": lambda: _coefficients_only(ours, u0, steps),
+        "diag_hoisted": lambda: _hoisted_rollout(ours, u0, steps),
+    }
+    # sanity: both solvers compute the same trajectory (same equation, scheme and dt)
+    a = np.asarray(_ours_rollout(ours, u0[:4], 20))
+    b = np.asarray(_exponax_rollout(ex_off, u0c[:4], 20))[:, :, 0]
+    agree = float(np.max(np.abs(a - b)) / np.max(np.abs(a)))
+    samples = time_samples(fns, repeats)
+    t = {k: float(np.median(v)) / steps for k, v in samples.items()}
+    spread = _spread(samples, 1e6 / steps)
+    us = 1e6
+    setting = f"B={batch}, L={length:g}, dt={dt:g}, {steps}-step scan"
+    common = dict(
+        batch=batch,
+        n=n,
+        length=length,
+        dt=dt,
+        scan_steps=steps,
+        repeats=repeats,
+        seconds_per_step={k: v for k, v in t.items()},
+        max_rel_diff_vs_exponax=agree,
+        us_per_step_spread=spread,
+        ratio_of_minima={
+            "ours/fft_floor": spread["ours"]["min"] / spread["fft_floor"]["min"],
+            "ours/exponax": spread["ours"]["min"] / spread["exponax"]["min"],
+            "ours_dealias/exponax_dealias": spread["ours_dealias"]["min"]
+            / spread["exponax_dealias"]["min"],
+        },
+    )
+    figs = [
+        _ratio_figure(
+            f"step_n{n}_vs_fft_floor",
+            f"a. KS step N={n}: ours vs FFT floor",
+            t["ours"],
+            "us/step",
+            t["fft_floor"],
+            "5 rfft + 5 irfft",
+            1.15,
+            scale=us,
+            note=f"{setting}; no dealiasing",
+            **common,
+        ),
+        _ratio_figure(
+            f"step_n{n}_vs_exponax",
+            f"a. KS step N={n}: ours vs Exponax",
+            t["ours"],
+            "us/step",
+            t["exponax"],
+            "Exponax ETDRK4",
+            0.85,
+            scale=us,
+            note=f"{setting}; dealiasing off in both",
+            **common,
+        ),
+        _ratio_figure(
+            f"step_n{n}_vs_exponax_dealias",
+            f"a. KS step N={n}: ours vs Exponax, 2/3 rule",
+            t["ours_dealias"],
+            "us/step",
+            t["exponax_dealias"],
+            "Exponax ETDRK4",
+            0.85,
+            scale=us,
+            note=f"{setting}; 2/3 dealiasing in both",
+            **common,
+        ),
+    ]
+    diag = {
+        f"n{n}": {
+            "ours_us_per_step": t["ours"] * us,
+            "coefficients_only_us_per_step": t["diag_coefficients"] * us,
+            "ours_with_hoisted_coefficients_us_per_step": t["diag_hoisted"] * us,
+            "fft_floor_us_per_step": t["fft_floor"] * us,
+            "hoisted_vs_fft_floor": t["diag_hoisted"] / t["fft_floor"],
+            "hoisted_vs_exponax": t["diag_hoisted"] / t["exponax"],
+        }
+    }
+    return figs, diag
+
+
+# ------------------------------------------------------------------- (b) gradient cost
+def _loss_fn(static, steps: int, memory: str, checkpoint_every: int | None = None):
+    def loss(params, u0, ref):
+        step = eqx.combine(params, static)
+        traj = jax.vmap(
+            lambda u: rollout(step, u, steps, memory=memory, checkpoint_every=checkpoint_every)
+        )(u0)
+        return jnp.mean((traj - ref) ** 2)
+
+    return loss
+
+
+def _truth(n, length, dt, substeps, u0, steps, a=1.1):
+    truth = solvers.ETDRK4(models.KuramotoSivashinsky(length=length, n=n, a=a), dt=dt)
+    step = truth if substeps == 1 else solvers.Repeated(truth, substeps)
+    return _ours_rollout(step, u0, steps)
+
+
+def bench_grad(batch: int, steps: int, repeats: int, number: int, n: int = 64):
+    """(b) reverse-mode gradient of a rollout loss w.r.t. θ_s, relative to the forward."""
+    ks = models.KuramotoSivashinsky(length=22.0, n=n, a=1.0)
+    step = solvers.ETDRK4(ks, dt=0.25)
+    u0 = _initial_batch(ks, batch, seed=1)
+    ref = _truth(n, 22.0, 0.25, 1, u0, steps)
+    params, static = eqx.partition(step, eqx.is_inexact_array)
+    loss = _loss_fn(static, steps, "full")
+    fwd = jax.jit(loss)
+    grad = jax.jit(jax.grad(loss))
+    # the same pair for the bare FFT floor: how much of the ratio is intrinsic to FFT + scan
+    floor_fwd = jax.jit(lambda u: jnp.mean(_fft_floor(u, steps) ** 2))
+    floor_grad = jax.jit(jax.grad(lambda u: jnp.mean(_fft_floor(u, steps) ** 2)))
+
+    def hoisted_loss(params, u0, ref):  # diagnostic: coefficients once per rollout
+        f = _etdrk4_hoisted(eqx.combine(params, static))
+        return jnp.mean((jax.vmap(lambda u: rollout(f, u, steps))(u0) - ref) ** 2)
+
+    h_fwd, h_grad = jax.jit(hoisted_loss), jax.jit(jax.grad(hoisted_loss))
+    # diagnostic: the gradient with respect to the initial state only (θ_s held fixed)
+    u0_grad = jax.jit(jax.grad(loss, argnums=1))
+    t = median_times(
+        {
+            "forward": lambda: fwd(params, u0, ref),
+            "grad": lambda: grad(params, u0, ref),
+            "floor_forward": lambda: floor_fwd(u0),
+            "floor_grad": lambda: floor_grad(u0),
+            "hoisted_forward": lambda: h_fwd(params, u0, ref),
+            "hoisted_grad": lambda: h_grad(params, u0, ref),
+            "u0_grad": lambda: u0_grad(params, u0, ref),
+        },
+        repeats,
+        number,
+    )
+    ms = 1e3
+    fig = _ratio_figure(
+        "grad_vs_forward",
+        f"b. gradient of a {steps}-step rollout loss",
+        t["grad"],
+        "ms",
+        t["forward"],
+        "forward",
+        3.0,
+        scale=ms,
+        note=f"d(loss)/dθ_s, B={batch}, N={n}, ETDRK4 dt=0.25, memory='full', MSE to a "
+        "reference trajectory",
+        seconds=t,
+        fft_floor_grad_vs_forward=t["floor_grad"] / t["floor_forward"],
+    )
+    diag = {
+        "forward_ms": t["forward"] * ms,
+        "grad_ms": t["grad"] * ms,
+        "fft_floor_grad_vs_forward": t["floor_grad"] / t["floor_forward"],
+        "u0_only_grad_vs_forward": t["u0_grad"] / t["forward"],
+        "hoisted_coefficients_grad_vs_forward": t["hoisted_grad"] / t["hoisted_forward"],
+        "hoisted_coefficients_forward_ms": t["hoisted_forward"] * ms,
+        "hoisted_coefficients_grad_ms": t["hoisted_grad"] * ms,
+    }
+    return [fig], diag
+
+
+# --------------------------------------------------------------------- (c) peak memory
+def _memory(loss, params, u0, ref) -> dict[str, int]:
+    compiled = jax.jit(jax.grad(loss)).lower(params, u0, ref).compile()
+    m = compiled.memory_analysis()
+    out = {
+        "temp": int(m.temp_size_in_bytes),
+        "argument": int(m.argument_size_in_bytes),
+        "output": int(m.output_size_in_bytes),
+        "alias": int(m.alias_size_in_bytes),
+    }
+    out["peak_estimate"] = out["temp"] + out["argument"] + out["output"] - out["alias"]
+    return out
+
+
+def bench_memory(batch: int, steps: int, n: int = 64, substeps: int = 5, dt_save: float = 0.25):
+    """(c) compiled memory of the gradient of a long rollout loss, per memory policy.
+
+    The stepper is the one a KS study trains: ``Repeated(ETDRK4(dt_save/substeps),
+    substeps)``, with the loss (MSE) on every saved state, as the truth is stored. The figure
+    is XLA's ``temp_size_in_bytes`` (the working memory of the gradient computation, which is
+    what the policy controls); arguments (θ_s, u0, the reference trajectory) and outputs are
+    the same for all policies and reported separately.
+    """
+    ks = models.KuramotoSivashinsky(length=22.0, n=n)
+    step = solvers.Repeated(solvers.ETDRK4(ks, dt=dt_save / substeps), substeps)
+    u0 = _initial_batch(ks, batch, seed=2)
+    ref = jnp.zeros((batch, steps + 1, n), dtype=u0.dtype)
+    params, static = eqx.partition(step, eqx.is_inexact_array)
+    mem = {p: _memory(_loss_fn(static, steps, p), params, u0, ref) for p in solvers.MEMORY_POLICIES}
+    # diagnostic: one ETDRK4 step per saved state (dt = dt_save): the trajectory dominates
+    plain = solvers.ETDRK4(ks, dt=dt_save)
+    p2, s2 = eqx.partition(plain, eqx.is_inexact_array)
+    mem_plain = {p: _memory(_loss_fn(s2, steps, p), p2, u0, ref) for p in solvers.MEMORY_POLICIES}
+    traj_bytes = batch * (steps + 1) * n * u0.dtype.itemsize
+    mib = 1 / 2**20
+    figs = []
+    for policy in ("checkpoint", "recursive"):
+        figs.append(
+            _ratio_figure(
+                f"memory_{policy}_vs_full",
+                f"c. gradient memory, {policy} vs full",
+                mem[policy]["temp"],
+                "MiB",
+                mem["full"]["temp"],
+                "full",
+                0.1,
+                scale=mib,
+                note=f"XLA temp bytes of grad; {steps} saved steps x {substeps} ETDRK4 substeps, "
+                f"B={batch}, N={n}, MSE on all saved states; the trajectory and its cotangent "
+                f"are {2 * traj_bytes * mib:.1f} MiB of it",
+                bytes=mem,
+                trajectory_bytes=traj_bytes,
+            )
+        )
+    diag = {
+        "policy_bytes": mem,
+        "trajectory_bytes": traj_bytes,
+        "plain_etdrk4_dt_save_policy_bytes": mem_plain,
+        "plain_ratio_checkpoint": mem_plain["checkpoint"]["temp"] / mem_plain["full"]["temp"],
+        "plain_ratio_recursive": mem_plain["recursive"]["temp"] / mem_plain["full"]["temp"],
+    }
+    return figs, diag
+
+
+# ------------------------------------------------------------------- (d) data generation
+def bench_data(trajectories: int, steps: int, full_size: bool):
+    """(d) wall time of `generate_ks` (compile included, file writing excluded)."""
+    from .data import KSDataConfig, generate_ks
+
+    config = KSDataConfig(trajectories=trajectories, steps=steps)
+    t0 = time.perf_counter()
+    ds = generate_ks(config, progress=False)
+    wall = time.perf_counter() - t0
+    size = trajectories + config.ood_trajectories
+    label = f"d. generate_ks {trajectories} x {steps} saved steps, N=64"
+    target = 120.0
+    note = (
+        f"+{config.ood_trajectories} OOD trajectories (N={config.ood_n}); burn-in "
+        f"{config.burn_in:g}, dt={config.dt:g}, {config.substeps} substeps/save; compile "
+        "included, file writing excluded"
+    )
+    if not full_size:
+        note = "QUICK SIZE (the target is for 1000 x 1000); " + note
+    return [
+        Figure(
+            key="data_generation",
+            label=label,
+            value=wall,
+            unit="s",
+            target=target,
+            target_text=f"< {target:g} s",
+            passed=bool(wall < target) if full_size else None,
+            note=note,
+            details={"trajectories_total": size, "bytes": int(ds["u"].nbytes)},
+        )
+    ], {}
+
+
+# -------------------------------------------------------------------------- the suite
+def environment() -> dict[str, Any]:
+    from . import __version__
+
+    return {
+        "scilayers": __version__,
+        "jax": jax.__version__,
+        "devices": [str(d) for d in jax.devices()],
+        "backend": jax.default_backend(),
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "x64": bool(jax.config.jax_enable_x64),
+        "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "load_average_1_5_15min": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+    }
+
+
+def run_benchmarks(
+    quick: bool = False,
+    out: str | os.PathLike | None = "benchmarks/results.json",
+    console=None,
+) -> dict[str, Any]:
+    """Run the suite, print a Rich table and (unless ``out`` is None) write JSON results."""
+    from rich.console import Console
+
+    if console is None:
+        console = Console()
+        if not console.is_terminal:
+            console = Console(width=160)
+    if quick:
+        sizes = dict(batch=250, steps=50, repeats=5, grad_repeats=5, data=(100, 200))
+    else:
+        sizes = dict(batch=1000, steps=100, repeats=15, grad_repeats=15, data=(1000, 1000))
+    env = environment()
+    figures: list[Figure] = []
+    diagnostics: dict[str, Any] = {}
+    stages: list[tuple[str, Callable[[], tuple[list[Figure], dict]]]] = [
+        ("step_n64", lambda: bench_step(64, sizes["batch"], sizes["steps"], sizes["repeats"])),
+        (
+            "step_n256",
+            lambda: bench_step(256, sizes["batch"], max(20, sizes["steps"] // 2), sizes["repeats"]),
+        ),
+        ("grad", lambda: bench_grad(32, 50, sizes["grad_repeats"], number=10)),
+        ("memory", lambda: bench_memory(32, 2000)),
+        ("data", lambda: bench_data(*sizes["data"], full_size=not quick)),
+    ]
+    with console.status("benchmarking…") as status:
+        for name, stage in stages:
+            status.update(f"benchmarking: {name}")
+            t0 = time.perf_counter()
+            figs, diag = stage()
+            figures += figs
+            diagnostics[name] = {**diag, "stage_seconds": time.perf_counter() - t0}
+    results = {
+        "suite": "scilayers bench",
+        "quick": quick,
+        "environment": {
+            **env,
+            "load_average_end": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        },
+        "figures": [asdict(f) for f in figures],
+        "diagnostics": diagnostics,
+        "all_passed": all(f.passed for f in figures if f.passed is not None),
+    }
+    console.print(results_table(results))
+    if out is not None:
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(f".{out.name}.tmp")
+        tmp.write_text(json.dumps(results, indent=2, default=_json_default) + "\n")
+        os.replace(tmp, out)
+        console.print(f"results written to {out}")
+    return results
+
+
+def _json_default(x):
+    if isinstance(x, np.generic):
+        return x.item()
+    raise TypeError(f"not JSON serialisable: {type(x).__name__}")
+
+
+def _fmt(x: float | None) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    if abs(x) >= 100:
+        return f"{x:,.0f}"
+    if abs(x) >= 10:
+        return f"{x:.1f}"
+    return f"{x:.3g}"
+
+
+def results_table(results: dict[str, Any]):
+    """A Rich table of the figures in ``results``."""
+    from rich.table import Table
+
+    env = results["environment"]
+    title = (
+        f"scilayers bench{' --quick' if results['quick'] else ''} — jax {env['jax']}, "
+        f"{env['backend']} x{len(env['devices'])}, {env['cpu_count']} cores"
+    )
+    load = env.get("load_average_1_5_15min")
+    if load:
+        title += f", load average {load[0]:.1f} at start"
+    table = Table(title=title, show_lines=True)
+    for col, kw in (
+        ("figure", {"ratio": 1}),
+        ("ours", {"justify": "right"}),
+        ("reference", {"justify": "right"}),
+        ("ratio", {"justify": "right"}),
+        ("target", {"justify": "right"}),
+        ("result", {"justify": "center"}),
+    ):
+        table.add_column(col, **kw)
+    for f in results["figures"]:
+        ours = f"{_fmt(f['value'])} {f['unit']}"
+        ref = (
+            f"{_fmt(f['reference'])} {f['unit']} ({f['reference_label']})"
+            if f["reference"] is not None
+            else "-"
+        )
+        ratio = f"{f['ratio']:.2f}x" if f["ratio"] is not None else "-"
+        result = {True: "[green]PASS", False: "[red]FAIL", None: "[yellow]n/a"}[f["passed"]]
+        label = f["label"] + (f"\n[dim]{f['note']}[/dim]" if f["note"] else "")
+        table.add_row(label, ours, ref, ratio, f["target_text"], result)
+    return table

@@ -1,0 +1,16 @@
+"""Synthetic truth (batched, seeded, cached on disk), loaders and splits."""
+
+from ._io import DATA_DIR_ENV as DATA_DIR_ENV
+from ._io import cached as cached
+from ._io import data_dir as data_dir
+from ._io import load_ks as load_ks
+from ._io import save_dataset as save_dataset
+from ._ks import KSDataConfig as KSDataConfig
+from ._ks import generate_ks as generate_ks
+from ._ks import ks_model as ks_model
+from ._ks import ks_truth as ks_truth
+from ._ks import steady_trajectories as steady_trajectories
+from ._plot import plot_spacetime as plot_spacetime
+from ._splits import SPLITS as SPLITS
+from ._splits import assign_splits as assign_splits
+from ._splits import select_split as select_split

@@ -1,0 +1,213 @@
+"""The `scilayers` command line: help, `data ks`, the run/report hand-offs and bad input."""
+
+import json
+import types
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from scilayers import cli
+from scilayers.cli import app
+from scilayers.data import load_ks
+
+runner = CliRunner()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--help"],
+        ["data", "--help"],
+        ["data", "ks", "--help"],
+        ["run", "--help"],
+        ["run", "ks", "--help"],
+        ["report", "--help"],
+        ["bench", "--help"],
+        ["list", "--help"],
+    ],
+)
+def test_help_for_every_command(args):
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "Usage" in result.output
+
+
+def test_bare_invocation_shows_help():
+    result = runner.invoke(app, [])
+    assert "Usage" in result.output and "data" in result.output
+
+
+def test_version():
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.output.startswith("scilayers ")
+
+
+def test_list_names_the_ks_study():
+    result = runner.invoke(app, ["list"])
+    assert result.exit_code == 0
+    assert "ks" in result.output and "quick" in result.output
+
+
+def test_data_ks_writes_a_valid_file(tmp_path):
+    out = tmp_path / "deep" / "ks.nc"
+    # the shapes of tests/test_data.py's config, so the compiled simulation is shared
+    args = ["data", "ks", "--trajectories", "4", "--steps", "160", "--burn-in", "50",
+            "--batch-size", "4", "--ood-fraction", "0.5", "--seed", "5", "--no-progress",
+            "--out", str(out)]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "wall time" in result.output and "bytes" in result.output
+    ds = load_ks(out)
+    assert ds["u"].shape == (4, 161, 64) and ds["u_ood"].shape == (2, 161, 128)
+    assert ds.attrs["seed"] == 5 and ds.attrs["n"] == 64 and ds.attrs["burn_in"] == 50.0
+    assert np.isfinite(ds["u"].values).all()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--trajectories", "0"], "--trajectories must be >= 1"),
+        (["--steps", "-3"], "--steps must be >= 1"),
+        (["--n", "7"], "--n must be an even integer"),
+        (["--length", "-1"], "length must be positive"),
+        (["--seed", "-1"], "--seed must be >= 0"),
+        (["--a", "0"], "a must be > 0"),
+        (["--burn-in", "0.03"], "multiple of the inner step"),
+    ],
+)
+def test_data_ks_bad_values_exit_2(tmp_path, args, message):
+    result = runner.invoke(app, ["data", "ks", "--out", str(tmp_path / "x.nc"), *args])
+    assert result.exit_code == 2
+    assert message in result.output
+    assert result.output.count("\n") == 1  # one line
+    assert not (tmp_path / "x.nc").exists()
+
+
+def test_data_ks_unwritable_out_exit_2(tmp_path):
+    result = runner.invoke(app, ["data", "ks", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "is a directory" in result.output
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    result = runner.invoke(app, ["data", "ks", "--out", str(blocker / "ks.nc")])
+    assert result.exit_code == 2 and "is a file, not a folder" in result.output
+
+
+def test_unknown_names_exit_2():
+    assert runner.invoke(app, ["data", "nope"]).exit_code == 2
+    assert runner.invoke(app, ["run", "nope"]).exit_code == 2
+    assert runner.invoke(app, ["frobnicate"]).exit_code == 2
+    assert runner.invoke(app, ["data", "ks", "--bogus"]).exit_code == 2
+
+
+def test_run_ks_not_available(monkeypatch):
+    monkeypatch.setattr(cli, "_optional_module", lambda name: None)
+    result = runner.invoke(app, ["run", "ks"])
+    assert result.exit_code == 2
+    assert "the KS study is not available yet" in result.output
+
+
+def _fake_study(calls, **extra):
+    def main(preset="quick", seeds=3, out=None, data_dir=None, resume=False):
+        calls.append(dict(preset=preset, seeds=seeds, out=out, data_dir=data_dir, resume=resume))
+
+    return types.SimpleNamespace(main=main, PRESETS={"quick": 1, "full": 2}, **extra)
+
+
+def test_run_ks_hands_over_to_the_study(monkeypatch, tmp_path):
+    calls = []
+    monkeypatch.setattr(cli, "_optional_module", lambda name: _fake_study(calls))
+    monkeypatch.setenv("SCILAYERS_DATA_DIR", str(tmp_path))
+    out = tmp_path / "run"
+    result = runner.invoke(
+        app, ["run", "ks", "--preset", "full", "--seeds", "2", "--out", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    assert calls == [
+        dict(preset="full", seeds=2, out=out, data_dir=tmp_path.resolve(), resume=False)
+    ]
+    # defaults: the study's own seeds, out runs/ks-quick
+    monkeypatch.delenv("SCILAYERS_DATA_DIR")
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["run", "ks", "--resume"])
+    assert result.exit_code == 0, result.output
+    assert calls[-1]["seeds"] == 3 and calls[-1]["resume"] is True
+    assert str(calls[-1]["out"]) == "runs/ks-quick" and calls[-1]["data_dir"] is None
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--preset", "huge"], "unknown preset 'huge'"),
+        (["--seeds", "0"], "--seeds must be >= 1"),
+        (["--data-dir", "/nonexistent/data"], "does not exist"),
+    ],
+)
+def test_run_ks_bad_input_exit_2(monkeypatch, tmp_path, args, message):
+    calls = []
+    monkeypatch.setattr(cli, "_optional_module", lambda name: _fake_study(calls))
+    result = runner.invoke(app, ["run", "ks", "--out", str(tmp_path / "o"), *args])
+    assert result.exit_code == 2 and message in result.output
+    assert calls == []
+
+
+def test_report(monkeypatch, tmp_path):
+    result = runner.invoke(app, ["report", str(tmp_path / "missing")])
+    assert result.exit_code == 2 and "is not a folder" in result.output
+    result = runner.invoke(app, ["report", str(tmp_path)])
+    assert result.exit_code == 2 and "results.json not found" in result.output
+    (tmp_path / "results.json").write_text("{}")
+    monkeypatch.setattr(cli, "_optional_module", lambda name: None)
+    result = runner.invoke(app, ["report", str(tmp_path)])
+    assert result.exit_code == 2 and "not available yet" in result.output
+    built = []
+    fake = types.SimpleNamespace(build_report=lambda d: built.append(d) or d / "report.md")
+    monkeypatch.setattr(cli, "_optional_module", lambda name: fake)
+    result = runner.invoke(app, ["report", str(tmp_path)])
+    assert result.exit_code == 0 and built == [tmp_path]
+
+
+def test_optional_module_only_hides_a_missing_module(tmp_path, monkeypatch):
+    assert cli._optional_module("scilayers.no_such_module_here") is None
+    assert cli._optional_module("json") is json
+    # a module that exists but fails to import a dependency is a bug there: not hidden
+    (tmp_path / "study_with_broken_import.py").write_text("import no_such_dependency_xyz\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ModuleNotFoundError, match="no_such_dependency_xyz"):
+        cli._optional_module("study_with_broken_import")
+
+
+def test_bench_hands_over_and_strict_fails(monkeypatch, tmp_path):
+    import scilayers._bench as bench
+
+    seen = {}
+
+    def fake(quick, out):
+        seen.update(quick=quick, out=out)
+        return {"all_passed": False}
+
+    monkeypatch.setattr(bench, "run_benchmarks", fake)
+    out = tmp_path / "r.json"
+    assert runner.invoke(app, ["bench", "--quick", "--out", str(out)]).exit_code == 0
+    assert seen == {"quick": True, "out": out}
+    assert runner.invoke(app, ["bench", "--strict", "--out", str(out)]).exit_code == 1
+    assert runner.invoke(app, ["bench", "--out", str(tmp_path)]).exit_code == 2
+
+
+def test_bench_table_renders(tmp_path):
+    from rich.console import Console
+
+    from scilayers._bench import Figure, environment, results_table
+
+    results = {
+        "quick": True,
+        "environment": environment(),
+        "figures": [
+            Figure("a", "a. thing", 1.0, "ms", 2.0, "ref", 0.5, 0.85, "<= 0.85x", True).__dict__,
+            Figure("d", "d. data", 3.0, "s", target=120.0, target_text="< 120 s").__dict__,
+        ],
+    }
+    console = Console(width=150, record=True)
+    console.print(results_table(results))
+    text = console.export_text()
+    assert "PASS" in text and "n/a" in text and "0.50x" in text
