@@ -95,9 +95,9 @@ class KSStudyConfig:
     corr_steps: int = 200
     spacetime_steps: int = 160
     closure_width: int = 16
-    closure_depth: int = 3
-    emulator_width: int = 32
-    emulator_depth: int = 4
+    closure_depth: int = 1
+    emulator_width: int = 24
+    emulator_depth: int = 3
     kernel_size: int = 5
     closure_symmetry: str | None = "ks-odd"
     lambda_closure_ablation: float = 1.0
@@ -110,7 +110,7 @@ class KSStudyConfig:
     checkpoint_every: int = 100
     train: TrainConfig = field(
         default_factory=lambda: TrainConfig(
-            steps=400,
+            steps=300,
             batch_size=32,
             horizon=20,
             lr_theta=3e-2,
@@ -298,7 +298,11 @@ def _theta_entry(model) -> dict[str, float]:
 
 def _closure(cfg: KSStudyConfig, key):
     return PeriodicCNN1d(
-        width=cfg.closure_width, depth=cfg.closure_depth, kernel_size=cfg.kernel_size, key=key
+        width=cfg.closure_width,
+        depth=cfg.closure_depth,
+        kernel_size=cfg.kernel_size,
+        activation=jnp.tanh,
+        key=key,
     )
 
 
@@ -359,6 +363,7 @@ def _run_one(
             width=cfg.emulator_width,
             depth=cfg.emulator_depth,
             kernel_size=cfg.kernel_size,
+            activation=jnp.tanh,
             key=key,
         )
         res = neural_emulator(net, (cfg.n,), prob.train, tc, **fit_kw)

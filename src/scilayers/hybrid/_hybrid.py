@@ -11,7 +11,7 @@ from jaxtyping import Array
 
 from ..models import AbstractModel, AbstractSpectralModel
 from ..params import is_param, partition
-from ..solvers import AbstractStepper, phi1
+from ..solvers import AbstractStepper, Repeated
 
 COUPLINGS = ("closure", "residual", "parameter")
 SYMMETRIES = (None, "ks-odd")
@@ -44,16 +44,77 @@ def _ks_odd(net, u):
     return 0.5 * (net(u) + reflect(net(-reflect(u))))
 
 
+class _Term(eqx.Module):
+    """``scale · g(u)``, optionally projected by a symmetry."""
+
+    net: eqx.Module
+    scale: float = eqx.field(static=True)
+    symmetry: str | None = eqx.field(static=True)
+
+    def __call__(self, u):
+        g = _ks_odd(self.net, u) if self.symmetry == "ks-odd" else self.net(u)
+        return self.scale * g
+
+
+class _ClosedSpectral(AbstractSpectralModel):
+    """A spectral model whose nonlinear part also holds a closure term."""
+
+    inner: AbstractSpectralModel
+    term: _Term
+    length: float = eqx.field(static=True)
+    n: int = eqx.field(static=True)
+
+    def __init__(self, inner, term):
+        self.inner, self.term = inner, term
+        self.length, self.n = inner.length, inner.n
+
+    def linear_operator(self):
+        return self.inner.linear_operator()
+
+    def nonlinear_hat(self, u_hat, mask=None):
+        closure = jnp.fft.rfft(self.term(jnp.fft.irfft(u_hat, self.n)))
+        return self.inner.nonlinear_hat(u_hat, mask) + closure
+
+
+class _ClosedODE(AbstractModel):
+    """An ODE model whose right-hand side also holds a closure term."""
+
+    inner: AbstractModel
+    term: _Term
+
+    @property
+    def state_shape(self):
+        return self.inner.state_shape
+
+    def rhs(self, u):
+        return self.inner.rhs(u) + self.term(u)
+
+    def initial_condition(self, key):
+        return self.inner.initial_condition(key)
+
+
+def _closed(model, term: _Term):
+    if isinstance(model, AbstractSpectralModel):
+        return _ClosedSpectral(model, term)
+    return _ClosedODE(model, term)
+
+
+def _with_model(step, change):
+    """``step`` with its model replaced by ``change(model)`` (through `Repeated`)."""
+    if isinstance(step, Repeated):
+        return eqx.tree_at(lambda s: s.inner, step, _with_model(step.inner, change))
+    return eqx.tree_at(lambda s: s.model, step, change(step.model))
+
+
 class Hybrid(eqx.Module):
     r"""A scientific stepper ``Φ_dt(·; θ_s)`` coupled with a network ``N(·; θ_ml)``.
 
     Couplings:
 
-    - ``"closure"``: the network adds a term to the equation inside every step,
-      ``u_t = L u + N_phys(u; θ_s) + scale · g(u; θ_ml)``. For spectral steppers the forcing
-      ``g(u_n)`` is held over the step and integrated exactly through the linear
-      propagator, ``u_{n+1} = Φ_dt(u_n) + dt φ_1(dt L) g(u_n)`` (so stiff modes damp it
-      as they damp the physics); for other steppers ``u_{n+1} = Φ_dt(u_n) + dt g(u_n)``.
+    - ``"closure"``: the network adds a term to the equation itself,
+      ``u_t = L u + N_phys(u; θ_s) + scale · g(u; θ_ml)`` (a universal differential
+      equation), and the stepper integrates the sum: for ETDRK4 the term joins the
+      nonlinear part at every stage, so it is integrated at the scheme's order.
     - ``"residual"``: the network corrects the solver output,
       ``u_{n+1} = v + scale · g(v)`` with ``v = Φ_dt(u_n)``.
     - ``"parameter"``: the network maps a context ``context(u_n)`` (default the state) to
@@ -107,10 +168,12 @@ class Hybrid(eqx.Module):
     def check(self, u):
         self.step.check(u)
 
+    def _term(self) -> _Term:
+        return _Term(self.net, self.scale, self.symmetry)
+
     def network_term(self, u: Array) -> Array:
         """The network's contribution ``scale · g(u)`` (closure/residual couplings)."""
-        g = _ks_odd(self.net, u) if self.symmetry == "ks-odd" else self.net(u)
-        return self.scale * g
+        return self._term()(u)
 
     def __call__(self, u: Array) -> Array:
         self.check(u)
@@ -118,13 +181,7 @@ class Hybrid(eqx.Module):
             v = self.step(u)
             return v + self.network_term(v)
         if self.coupling == "closure":
-            v = self.step(u)
-            g = self.network_term(u)
-            model = self.step.model
-            if isinstance(model, AbstractSpectralModel):
-                prop = phi1(model.linear_operator(), self.dt)
-                return v + jnp.fft.irfft(prop * jnp.fft.rfft(g), model.n)
-            return v + self.dt * g
+            return _with_model(self.step, lambda m: _closed(m, self._term()))(u)
         # parameter coupling
         ctx = u if self.context is None else self.context(u)
         offsets = self.net(ctx)
