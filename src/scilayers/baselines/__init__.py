@@ -5,3 +5,7 @@ from ._methods import calibrate as calibrate
 from ._methods import neural_emulator as neural_emulator
 from ._methods import pure_physics as pure_physics
 from ._methods import sequential_hybrid as sequential_hybrid
+from ._pinn import PINN as PINN
+from ._pinn import PINNConfig as PINNConfig
+from ._pinn import fit_pinn as fit_pinn
+from ._pinn import ks_residual as ks_residual

@@ -89,6 +89,11 @@ def _combine(trainable, static):
     return eqx.combine(trainable[0], trainable[1], static, is_leaf=is_param)
 
 
+def _tree_norm(tree):
+    leaves = jtu.tree_leaves(tree)
+    return jnp.sqrt(sum(jnp.sum(jnp.abs(x) ** 2) for x in leaves)) if leaves else jnp.zeros(())
+
+
 def _optimizer(lr: float, steps: int, schedule: str):
     if schedule == "cosine" and steps > 1:
         lr = optax.cosine_decay_schedule(lr, steps, alpha=0.1)
@@ -168,7 +173,7 @@ def make_train_step(config: TrainConfig, stage: Stage, opt_theta, opt_net, horiz
 
         (loss, parts), grads = jax.value_and_grad(f, has_aux=True)(trainable)
         leaves = jtu.tree_leaves(grads)
-        gnorm = optax.global_norm(grads)
+        gnorm = _tree_norm(grads)
         ok = jnp.isfinite(loss) & jnp.all(
             jnp.stack([jnp.all(jnp.isfinite(g)) for g in leaves] or [jnp.array(True)])
         )
@@ -447,7 +452,8 @@ def fit(
             if restored is not None and si == start_stage:
                 opt_state = restored["opt"]
                 best_model = restored["best"]
-                best_val = meta.get("best_val", np.inf)
+                best_val = meta.get("best_val")
+                best_val = np.inf if best_val is None else best_val
                 first = start_step
                 restored = None
             steps_fns: dict[int, Any] = {}

@@ -1,0 +1,151 @@
+"""Hybrid couplings, the KS-odd closure projection, and the losses."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import scilayers as sl
+from scilayers.losses import closure_magnitude, physics_loss, rollout_loss
+
+
+class SpectralOperator(eqx.Module):
+    """A linear network ``u ↦ Σ_p w_p ∂_x^p u`` (exact, to test projections)."""
+
+    weights: jax.Array
+    length: float = eqx.field(static=True)
+
+    def __call__(self, u):
+        n = u.shape[-1]
+        ik = 1j * 2 * jnp.pi / self.length * jnp.arange(n // 2 + 1)
+        sym = sum(w * ik**p for p, w in enumerate(self.weights))
+        return jnp.fft.irfft(sym * jnp.fft.rfft(u), n)
+
+
+class Zero(eqx.Module):
+    w: jax.Array
+
+    def __call__(self, u):
+        return self.w * jnp.zeros_like(u)
+
+
+def _ks(n=32, **kw):
+    return sl.models.KuramotoSivashinsky(22.0, n, **kw)
+
+
+@pytest.mark.parametrize("coupling", ["closure", "residual"])
+def test_zero_network_reproduces_the_solver(coupling, key):
+    step = sl.solvers.ETDRK4(_ks(), 0.25)
+    hyb = sl.Hybrid(step, Zero(jnp.ones(())), coupling=coupling)
+    u0 = _ks().initial_condition(key)
+    np.testing.assert_allclose(sl.rollout(hyb, u0, 20), sl.rollout(step, u0, 20), atol=1e-13)
+
+
+def test_closure_equals_the_same_term_in_the_physics(key):
+    # A closure that is exactly d·(-u_xxx) integrated inside ETDRK4 must equal the KS model
+    # whose linear operator contains d: the network term is part of the equation.
+    d = 0.3
+    net = SpectralOperator(jnp.array([0.0, 0.0, 0.0, -d]), 22.0)
+    hyb = sl.Hybrid(sl.solvers.ETDRK4(_ks(n=64), 0.05), net, coupling="closure")
+    exact = sl.solvers.ETDRK4(_ks(n=64, d=d), 0.05)
+    u0 = _ks(n=64).initial_condition(key)
+    a, b = sl.rollout(hyb, u0, 40), sl.rollout(exact, u0, 40)
+    # the term is explicit in one and exponential in the other: both 4th order in dt
+    assert float(jnp.max(jnp.abs(a - b))) < 1e-4
+    assert float(jnp.max(jnp.abs(a - sl.rollout(sl.solvers.ETDRK4(_ks(n=64), 0.05), u0, 40)))) > 1e-2
+
+
+def test_parameter_coupling_shifts_raw_theta(key):
+    step = sl.solvers.ETDRK4(_ks(), 0.25)
+    offsets = jnp.array([jnp.log(1.5), 0.0, 0.0, 0.0])  # a is Positive: raw = log a
+
+    class Const(eqx.Module):
+        out: jax.Array
+
+        def __call__(self, ctx):
+            return self.out
+
+    hyb = sl.Hybrid(step, Const(offsets), coupling="parameter")
+    expected = sl.solvers.ETDRK4(_ks(a=1.5), 0.25)
+    u0 = _ks().initial_condition(key)
+    np.testing.assert_allclose(hyb(u0), expected(u0), atol=1e-12)
+    bad = sl.Hybrid(step, Const(jnp.zeros(3)), coupling="parameter")
+    with pytest.raises(ValueError, match="one value per free Param"):
+        bad(u0)
+
+
+def test_ks_odd_projection_keeps_only_terms_theta_cannot_express(key):
+    length, n = 22.0, 64
+    u = _ks(n=n).initial_condition(key)
+    even = SpectralOperator(jnp.array([0.0, 0.0, 0.7, 0.0, -0.4]), length)  # a u_xx + b u_xxxx
+    odd = SpectralOperator(jnp.array([0.0, 0.0, 0.0, 0.3]), length)  # d u_xxx
+    hyb = sl.Hybrid(sl.solvers.ETDRK4(_ks(n=n), 0.25), even, coupling="closure", symmetry="ks-odd")
+    assert float(jnp.max(jnp.abs(hyb.network_term(u)))) < 1e-12
+    hyb = eqx.tree_at(lambda h: h.net, hyb, odd)
+    np.testing.assert_allclose(hyb.network_term(u), odd(u), atol=1e-12)
+
+    class Burgers(eqx.Module):  # u u_x is what c parameterises
+        def __call__(self, v):
+            return v * odd(v)
+
+    hyb = eqx.tree_at(lambda h: h.net, hyb, Burgers())
+    assert float(jnp.max(jnp.abs(hyb.network_term(u)))) < 1e-12
+
+
+def test_ks_odd_projection_symmetries_for_any_network(key):
+    net = sl.nn.PeriodicCNN1d(width=8, depth=1, key=key, final_scale=1.0)
+    hyb = sl.Hybrid(sl.solvers.ETDRK4(_ks(), 0.25), net, symmetry="ks-odd")
+    u = _ks().initial_condition(jax.random.fold_in(key, 1))
+    idx = (-jnp.arange(u.shape[0])) % u.shape[0]
+    g = hyb.network_term
+    assert float(jnp.max(jnp.abs(g(u)))) > 1e-3  # not trivially zero
+    np.testing.assert_allclose(g(-u), -g(u), atol=1e-6)
+    np.testing.assert_allclose(g(u[idx]), -g(u)[idx], atol=1e-6)
+
+
+def test_bad_coupling_and_symmetry():
+    step = sl.solvers.ETDRK4(_ks(), 0.25)
+    with pytest.raises(ValueError, match="unknown coupling"):
+        sl.Hybrid(step, Zero(jnp.ones(())), coupling="sideways")
+    with pytest.raises(ValueError, match="unknown symmetry"):
+        sl.Hybrid(step, Zero(jnp.ones(())), symmetry="mirror")
+    with pytest.raises(ValueError, match="stepper"):
+        sl.Hybrid(lambda u: u, Zero(jnp.ones(())))
+
+
+def _truth(model, key, count=4, steps=30, dt=0.25):
+    step = sl.solvers.ETDRK4(model, dt)
+    u0 = jax.vmap(model.initial_condition)(jax.random.split(key, count))
+    warm = jax.vmap(lambda u: sl.rollout(step, u, 200)[-1])(u0)
+    return jax.vmap(lambda u: sl.rollout(step, u, steps))(warm)
+
+
+def test_physics_loss_vanishes_for_the_true_model_only(key):
+    data = _truth(_ks(n=64), key)
+    right = sl.solvers.ETDRK4(_ks(n=64), 0.25)
+    wrong = sl.solvers.ETDRK4(_ks(n=64, a=0.8), 0.25)
+    small, big = physics_loss(right, data), physics_loss(wrong, data)
+    assert float(small) < 1e-3 * float(big)  # O(dt²) time-difference error only
+    # the gradient in a agrees with central finite differences
+    g = jax.grad(lambda m: physics_loss(sl.solvers.ETDRK4(m, 0.25), data))(_ks(n=64, a=0.8))
+    h = 1e-6
+    fd = (
+        physics_loss(sl.solvers.ETDRK4(_ks(n=64, a=0.8 + h), 0.25), data)
+        - physics_loss(sl.solvers.ETDRK4(_ks(n=64, a=0.8 - h), 0.25), data)
+    ) / (2 * h)
+    np.testing.assert_allclose(g.a.raw / 0.8, fd, rtol=1e-5)
+
+
+def test_rollout_loss_is_zero_on_own_trajectories_and_closure_magnitude(key):
+    model = _ks(n=64)
+    data = _truth(model, key, steps=10)
+    step = sl.solvers.ETDRK4(model, 0.25)
+    loss, pred = rollout_loss(step, data)
+    assert float(loss) < 1e-20 and pred.shape == data.shape
+    net = SpectralOperator(jnp.array([0.0, 0.0, 0.0, 0.3]), 22.0)
+    hyb = sl.Hybrid(step, net)
+    states = data[:, 0]
+    expected = jnp.mean(jax.vmap(net)(states) ** 2)
+    np.testing.assert_allclose(closure_magnitude(hyb, states), expected, rtol=1e-12)
+    assert float(closure_magnitude(step, states)) == 0.0
