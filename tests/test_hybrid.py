@@ -53,7 +53,9 @@ def test_closure_equals_the_same_term_in_the_physics(key):
     a, b = sl.rollout(hyb, u0, 40), sl.rollout(exact, u0, 40)
     # the term is explicit in one and exponential in the other: both 4th order in dt
     assert float(jnp.max(jnp.abs(a - b))) < 1e-4
-    assert float(jnp.max(jnp.abs(a - sl.rollout(sl.solvers.ETDRK4(_ks(n=64), 0.05), u0, 40)))) > 1e-2
+    assert (
+        float(jnp.max(jnp.abs(a - sl.rollout(sl.solvers.ETDRK4(_ks(n=64), 0.05), u0, 40)))) > 1e-2
+    )
 
 
 def test_parameter_coupling_shifts_raw_theta(key):

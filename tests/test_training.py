@@ -19,7 +19,9 @@ from scilayers.training import TrainingDiverged
 
 
 def _ks(a=1.0, b=1.0, n=32):
-    return sl.models.KuramotoSivashinsky(22.0, n, a=sl.Param(a, "positive"), b=sl.Param(b, "positive"))
+    return sl.models.KuramotoSivashinsky(
+        22.0, n, a=sl.Param(a, "positive"), b=sl.Param(b, "positive")
+    )
 
 
 @pytest.fixture(scope="module")
@@ -66,8 +68,9 @@ def test_strategies_train_the_right_groups(ks_data, key):
         assert changed(theta, theta0) == theta_moves, strategy
         assert changed(net, net0) == net_moves, strategy
     # staged: the network is untouched during the calibration stage
-    cfg = sl.TrainConfig(strategy="staged", steps=10, batch_size=4, horizon=3,
-                         stage_fractions=(1.0, 0.0, 0.0))
+    cfg = sl.TrainConfig(
+        strategy="staged", steps=10, batch_size=4, horizon=3, stage_fractions=(1.0, 0.0, 0.0)
+    )
     res = sl.fit(model, ks_data, cfg, progress=False)
     assert not changed(sl.params.partition(res.model)[1], net0)
     assert changed(sl.params.partition(res.model)[0], theta0)
@@ -102,8 +105,16 @@ def _toy_data(poison_fraction):
 
 
 def test_nan_guard_rejects_bad_steps_and_keeps_training():
-    cfg = sl.TrainConfig(steps=60, batch_size=1, horizon=2, lr_net=5e-2, clip_norm=None,
-                         schedule="constant", max_rejects=50, reject_factor=0.8)
+    cfg = sl.TrainConfig(
+        steps=60,
+        batch_size=1,
+        horizon=2,
+        lr_net=5e-2,
+        clip_norm=None,
+        schedule="constant",
+        max_rejects=50,
+        reject_factor=0.8,
+    )
     res = sl.fit(Blowup(jnp.asarray(0.5)), _toy_data(0.2), cfg, progress=False)
     assert res.history["rejected"].any() and not res.history["rejected"].all()
     assert np.isfinite(float(res.model.w))
@@ -119,9 +130,11 @@ def test_divergence_names_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
     template = {"model": Blowup(jnp.asarray(0.0)), "opt": None, "best": None}
     meta = json.loads((tmp_path / "checkpoint.json").read_text())
     assert meta["global_step"] == 2  # the steps before the one that gave up
-    stepper = sl.training._fit._init_opt_state(cfg, sl.training.stages_for(cfg)[0],
-                                               sl.training._fit._split(template["model"],
-                                               sl.training.stages_for(cfg)[0])[0])
+    stepper = sl.training._fit._init_opt_state(
+        cfg,
+        sl.training.stages_for(cfg)[0],
+        sl.training._fit._split(template["model"], sl.training.stages_for(cfg)[0])[0],
+    )
     template.update(opt=stepper, best=template["model"])
     tree, _ = sl.training.load_checkpoint(tmp_path, template)
     assert float(tree["model"].w) == 0.5  # intact and unchanged by the rejected steps
@@ -155,8 +168,14 @@ def test_corrupt_checkpoint_is_reported(ks_data, key, tmp_path):
     with pytest.raises(ValueError, match="corrupt"):
         sl.fit(_hybrid(key), ks_data, cfg, checkpoint_dir=tmp_path, resume=True, progress=False)
     with pytest.raises(ValueError, match="different config"):
-        sl.fit(_hybrid(key), ks_data, cfg.replace(steps=5), checkpoint_dir=tmp_path,
-               resume=True, progress=False)
+        sl.fit(
+            _hybrid(key),
+            ks_data,
+            cfg.replace(steps=5),
+            checkpoint_dir=tmp_path,
+            resume=True,
+            progress=False,
+        )
 
 
 _CHILD = textwrap.dedent(
@@ -182,13 +201,18 @@ def _child_data():
 
 
 def _child_config():
-    return sl.TrainConfig(strategy="staged", steps=400, batch_size=2, horizon=3,
-                          checkpoint_every=10, val_every=1000)
+    return sl.TrainConfig(
+        strategy="staged", steps=400, batch_size=2, horizon=3, checkpoint_every=10, val_every=1000
+    )
 
 
 def _spawn(tmp_path, name, resume):
-    script = _CHILD.format(tests=os.path.dirname(__file__), ckpt=str(tmp_path / name),
-                           resume=resume, out=str(tmp_path / f"{name}-{resume}.npy"))
+    script = _CHILD.format(
+        tests=os.path.dirname(__file__),
+        ckpt=str(tmp_path / name),
+        resume=resume,
+        out=str(tmp_path / f"{name}-{resume}.npy"),
+    )
     log = open(tmp_path / f"{name}-{resume}.log", "wb")  # noqa: SIM115 - closed by the OS
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL, stderr=log)
     log.close()
