@@ -5,10 +5,9 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 SCILAYERS := $(VENV)/bin/scilayers
 
-# The default study. Switch to `$(SCILAYERS) run ks --preset quick --out runs/ks-quick`
-# once the KS study is the demo.
-DEMO_CMD ?= $(SCILAYERS) data ks --trajectories 64 --steps 200 --out runs/demo/ks.nc \
-	--figures runs/demo/figures
+# The default study: the KS study at its quick preset (under 10 minutes on 2 cores);
+# writes runs/ks-quick/{results.json,report.md,figures/}.
+DEMO_CMD ?= $(SCILAYERS) run ks --preset quick --out runs/ks-quick
 
 .PHONY: help venv install demo test test-all bench lint clean
 
@@ -45,4 +44,4 @@ lint: install
 	$(VENV)/bin/ruff check src tests benchmarks
 
 clean:
-	rm -rf runs/demo .pytest_cache .ruff_cache
+	rm -rf runs .pytest_cache .ruff_cache
