@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import models, solvers
-from .solvers import etdrk4_coefficients, rollout
+from .solvers import rollout
 
 
 @dataclass
@@ -146,54 +146,13 @@ def _exponax_rollout(stepper, u0, steps: int):
     return jax.vmap(exponax.rollout(stepper, steps, include_init=True))(u0)
 
 
-@eqx.filter_jit
-def _coefficients_only(step, u0, steps: int):
-    """What ETDRK4 recomputes from θ_s in every call: the contour-integral coefficients."""
-
-    def body(c, _):
-        coef = etdrk4_coefficients(
-            step.model.linear_operator(), step.dt, step.contour_points, step.contour_radius
-        )
-        return c + sum(jnp.real(x[0]) for x in coef), None
-
-    return jax.lax.scan(body, jnp.zeros(()), None, length=steps)[0] + 0 * u0[0, 0]
-
-
-def _etdrk4_hoisted(step):
-    """ETDRK4 with the coefficients computed once per rollout instead of once per step
-    (diagnostic only: what a `prepare` hook in the solver would give)."""
-    m = step.model
-    e, e2, q, f1, f2, f3 = etdrk4_coefficients(
-        m.linear_operator(), step.dt, step.contour_points, step.contour_radius
-    )
-    mask = None if step.dealias is None else m.dealias_mask(step.dealias)
-
-    def f(u):
-        v = jnp.fft.rfft(u)
-        nv = m.nonlinear_hat(v, mask)
-        a = e2 * v + q * nv
-        na = m.nonlinear_hat(a, mask)
-        b = e2 * v + q * na
-        nb = m.nonlinear_hat(b, mask)
-        c = e2 * a + q * (2 * nb - nv)
-        nc = m.nonlinear_hat(c, mask)
-        return jnp.fft.irfft(e * v + f1 * nv + 2 * f2 * (na + nb) + f3 * nc, m.n)
-
-    return f
-
-
-@eqx.filter_jit
-def _hoisted_rollout(step, u0, steps: int):
-    f = _etdrk4_hoisted(step)
-    return jax.vmap(lambda u: rollout(f, u, steps))(u0)
-
-
 def bench_step(n: int, batch: int, steps: int, repeats: int, dt: float = 0.05):
     """(a) batch rollout step time: ours vs the bare FFT floor and vs Exponax."""
     import exponax
 
     length = 22.0 * n / 64  # same dx as the reference KS setup (L = 22 on 64 points)
-    ks = models.KuramotoSivashinsky(length=length, n=n)
+    # the standard KS (no dispersive term, d=None), as Exponax's KuramotoSivashinskyConservative
+    ks = models.KuramotoSivashinsky(length=length, n=n, d=None)
     u0 = _initial_batch(ks, batch)
     ours = solvers.ETDRK4(ks, dt=dt)
     ours_da = solvers.ETDRK4(ks, dt=dt, dealias=2 / 3)
@@ -211,8 +170,6 @@ def bench_step(n: int, batch: int, steps: int, repeats: int, dt: float = 0.05):
         "fft_floor": lambda: _fft_floor(u0, steps),
         "exponax": lambda: _exponax_rollout(ex_off, u0c, steps),
         "exponax_dealias": lambda: _exponax_rollout(ex_da, u0c, steps),
-        "diag_coefficients": lambda: _coefficients_only(ours, u0, steps),
-        "diag_hoisted": lambda: _hoisted_rollout(ours, u0, steps),
     }
     # sanity: both solvers compute the same trajectory (same equation, scheme and dt)
     a = np.asarray(_ours_rollout(ours, u0[:4], 20))
@@ -279,14 +236,7 @@ def bench_step(n: int, batch: int, steps: int, repeats: int, dt: float = 0.05):
         ),
     ]
     diag = {
-        f"n{n}": {
-            "ours_us_per_step": t["ours"] * us,
-            "coefficients_only_us_per_step": t["diag_coefficients"] * us,
-            "ours_with_hoisted_coefficients_us_per_step": t["diag_hoisted"] * us,
-            "fft_floor_us_per_step": t["fft_floor"] * us,
-            "hoisted_vs_fft_floor": t["diag_hoisted"] / t["fft_floor"],
-            "hoisted_vs_exponax": t["diag_hoisted"] / t["exponax"],
-        }
+        f"n{n}": {"ours_us_per_step": t["ours"] * us, "fft_floor_us_per_step": t["fft_floor"] * us}
     }
     return figs, diag
 
@@ -311,7 +261,7 @@ def _truth(n, length, dt, substeps, u0, steps, a=1.1):
 
 def bench_grad(batch: int, steps: int, repeats: int, number: int, n: int = 64):
     """(b) reverse-mode gradient of a rollout loss w.r.t. θ_s, relative to the forward."""
-    ks = models.KuramotoSivashinsky(length=22.0, n=n, a=1.0)
+    ks = models.KuramotoSivashinsky(length=22.0, n=n, a=1.0, d=None)
     step = solvers.ETDRK4(ks, dt=0.25)
     u0 = _initial_batch(ks, batch, seed=1)
     ref = _truth(n, 22.0, 0.25, 1, u0, steps)
@@ -323,11 +273,6 @@ def bench_grad(batch: int, steps: int, repeats: int, number: int, n: int = 64):
     floor_fwd = jax.jit(lambda u: jnp.mean(_fft_floor(u, steps) ** 2))
     floor_grad = jax.jit(jax.grad(lambda u: jnp.mean(_fft_floor(u, steps) ** 2)))
 
-    def hoisted_loss(params, u0, ref):  # diagnostic: coefficients once per rollout
-        f = _etdrk4_hoisted(eqx.combine(params, static))
-        return jnp.mean((jax.vmap(lambda u: rollout(f, u, steps))(u0) - ref) ** 2)
-
-    h_fwd, h_grad = jax.jit(hoisted_loss), jax.jit(jax.grad(hoisted_loss))
     # diagnostic: the gradient with respect to the initial state only (θ_s held fixed)
     u0_grad = jax.jit(jax.grad(loss, argnums=1))
     t = median_times(
@@ -336,8 +281,6 @@ def bench_grad(batch: int, steps: int, repeats: int, number: int, n: int = 64):
             "grad": lambda: grad(params, u0, ref),
             "floor_forward": lambda: floor_fwd(u0),
             "floor_grad": lambda: floor_grad(u0),
-            "hoisted_forward": lambda: h_fwd(params, u0, ref),
-            "hoisted_grad": lambda: h_grad(params, u0, ref),
             "u0_grad": lambda: u0_grad(params, u0, ref),
         },
         repeats,
@@ -363,9 +306,6 @@ def bench_grad(batch: int, steps: int, repeats: int, number: int, n: int = 64):
         "grad_ms": t["grad"] * ms,
         "fft_floor_grad_vs_forward": t["floor_grad"] / t["floor_forward"],
         "u0_only_grad_vs_forward": t["u0_grad"] / t["forward"],
-        "hoisted_coefficients_grad_vs_forward": t["hoisted_grad"] / t["hoisted_forward"],
-        "hoisted_coefficients_forward_ms": t["hoisted_forward"] * ms,
-        "hoisted_coefficients_grad_ms": t["hoisted_grad"] * ms,
     }
     return [fig], diag
 
@@ -486,6 +426,56 @@ def environment() -> dict[str, Any]:
     }
 
 
+# ------------------------------------------------------------ (e) one joint training step
+def bench_train_step(batch: int = 32, horizon: int = 20, repeats: int = 10):
+    """(e) one joint training step of the KS study's hybrid (closure CNN inside ETDRK4,
+    KS-odd projection) on a batch of windows, N=64; the physics-only step (same loss,
+    no network) is measured alongside for scale."""
+    from .experiments import ks as study
+    from .training._fit import (
+        _compiled_step,
+        _init_opt_state,
+        _split,
+        _structural,
+        loss_weights,
+        stages_for,
+    )
+
+    cfg = study.PRESETS["quick"]
+    tc = cfg.train.replace(batch_size=batch, horizon=horizon)
+    model = study.coarse_model(cfg, cfg.length, cfg.n)
+    data = _ours_rollout(solvers.ETDRK4(model, cfg.dt), _initial_batch(model, 64), 60)
+    stage = stages_for(tc)[0]
+
+    def make(m):
+        trainable, static = _split(m, stage)
+        opt = _init_opt_state(tc, stage, trainable)
+        f = _compiled_step(_structural(tc), stage, horizon)
+        hyper = dict(loss_weights(tc), lr_scale=jnp.asarray(1.0))
+        return lambda: f(trainable, opt, static, data, jax.random.key(0), hyper)
+
+    hybrid = study._hybrid(cfg, jax.random.key(0), cfg.closure_symmetry)
+    physics = solvers.ETDRK4(model, cfg.dt)
+    t = median_times({"hybrid": make(hybrid), "physics": make(physics)}, repeats)
+    ms = 1e3
+    fig = Figure(
+        key="joint_train_step",
+        label="e. joint training step (KS hybrid)",
+        value=t["hybrid"] * ms,
+        unit="ms",
+        reference=t["physics"] * ms,
+        reference_label="physics-only step",
+        ratio=t["hybrid"] / t["physics"],
+        target=100.0,
+        target_text="<= 100 ms",
+        passed=bool(t["hybrid"] * ms <= 100.0),
+        note=f"B={batch}, {horizon}-step unroll, N={cfg.n}, closure CNN width "
+        f"{cfg.closure_width} in every ETDRK4 stage, KS-odd projection (4 network calls)",
+        details={"seconds": t},
+    )
+    return [fig], {"hybrid_ms": t["hybrid"] * ms, "physics_ms": t["physics"] * ms}
+
+
 def run_benchmarks(
     quick: bool = False,
     out: str | os.PathLike | None = "benchmarks/results.json",
@@ -514,6 +504,7 @@ def run_benchmarks(
         ("grad", lambda: bench_grad(32, 50, sizes["grad_repeats"], number=10)),
         ("memory", lambda: bench_memory(32, 2000)),
         ("data", lambda: bench_data(*sizes["data"], full_size=not quick)),
+        ("train_step", lambda: bench_train_step(repeats=sizes["repeats"])),
     ]
     with console.status("benchmarking…") as status:
         for name, stage in stages:

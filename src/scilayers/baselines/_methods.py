@@ -43,6 +43,7 @@ def sequential_hybrid(
         raise ValueError(f"calibrate_fraction must be in (0, 1), got {calibrate_fraction}.")
     t0 = time.perf_counter()
     n_cal = max(1, round(config.steps * calibrate_fraction))
+
     def ckpt(stage):
         return {} if checkpoint_dir is None else {"checkpoint_dir": Path(checkpoint_dir) / stage}
 

@@ -233,7 +233,8 @@ def ks_residual(
         u0, u1, u2, u3, u4, ut = u.derivatives(x, t)
     else:
         u0, u1, u2, u3, u4, ut = _derivatives_jvp(u, x, t)
-    a, b, c, d = (model.a.value, model.b.value, model.c.value, model.d.value)
+    a, b, c = (model.a.value, model.b.value, model.c.value)
+    d = 0.0 if model.d is None else model.d.value
     return ut + c * u0 * u1 + a * u2 + b * u4 + d * u3
 
 

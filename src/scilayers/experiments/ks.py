@@ -227,12 +227,7 @@ def coarse_model(cfg: KSStudyConfig, length: float, n: int, a=None, b=None):
         else Param(cfg.b_prior, Positive(), prior=LogNormal(cfg.b_prior, cfg.prior_sigma), name="b")
     )
     return KuramotoSivashinsky(
-        length,
-        n,
-        a=a,
-        b=b,
-        c=Param(cfg.c_true, fixed=True, name="c"),
-        d=Param(0.0, fixed=True, name="d"),
+        length, n, a=a, b=b, c=Param(cfg.c_true, fixed=True, name="c"), d=None
     )
 
 
@@ -540,9 +535,7 @@ def run_study(
                     arrays.setdefault(f"_theta__{name}__{p}", []).append(arr[f"theta__{p}"])
         m = _aggregate(results[name], cfg)
         theta = {p: np.round(v["learned"], 4).tolist() for p, v in m["theta"].items()}
-        log(
-            f"{name:34s} id_mse {_fmt(m['id_mse'])}  ood_mse {_fmt(m['ood_mse'])}  θ {theta}"
-        )
+        log(f"{name:34s} id_mse {_fmt(m['id_mse'])}  ood_mse {_fmt(m['ood_mse'])}  θ {theta}")
     methods = {}
     for name in METHODS:
         if name in results:

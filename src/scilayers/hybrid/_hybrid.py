@@ -75,9 +75,9 @@ class _ClosedSpectral(AbstractSpectralModel):
     def linear_operator(self):
         return self.inner.linear_operator()
 
-    def nonlinear_hat(self, u_hat, mask=None):
-        closure = jnp.fft.rfft(self.term(jnp.fft.irfft(u_hat, self.n)))
-        return self.inner.nonlinear_hat(u_hat, mask) + closure
+    def nonlinear_hat(self, u_hat, mask=None, u=None):
+        u = jnp.fft.irfft(u_hat, self.n) if u is None else u
+        return self.inner.nonlinear_hat(u_hat, mask, u) + jnp.fft.rfft(self.term(u))
 
 
 class _ClosedODE(AbstractModel):
@@ -171,6 +171,15 @@ class Hybrid(eqx.Module):
 
     def check(self, u):
         self.step.check(u)
+
+    def prepare(self) -> Hybrid:
+        """The hybrid over a prepared stepper (coefficients computed once per rollout).
+
+        Only for ``closure`` and ``residual``; with ``parameter`` θ_s changes every step."""
+        prep = getattr(self.step, "prepare", None)
+        if prep is None or self.coupling == "parameter":
+            return self
+        return eqx.tree_at(lambda h: h.step, self, prep())
 
     def _term(self) -> _Term:
         return _Term(self.net, self.scale, self.symmetry)

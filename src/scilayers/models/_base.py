@@ -95,12 +95,14 @@ class AbstractSpectralModel(AbstractModel):
         """Symbol ``L(k)`` of the linear part on the rfft wavenumbers."""
 
     @abc.abstractmethod
-    def nonlinear_hat(self, u_hat: Complex[Array, " m"], mask=None) -> Complex[Array, " m"]:
-        """Fourier coefficients of ``N(u)``; ``mask`` (optional) dealiases ``u_hat`` first."""
+    def nonlinear_hat(self, u_hat: Complex[Array, " m"], mask=None, u=None) -> Complex[Array, " m"]:
+        """Fourier coefficients of ``N(u)``; ``mask`` (optional) dealiases ``u_hat`` first;
+        ``u`` (optional) is ``irfft(u_hat)`` when the caller already has it (saves an FFT)."""
 
     def rhs(self, u: Float[Array, " n"]) -> Float[Array, " n"]:
         u_hat = jnp.fft.rfft(u)
-        return jnp.fft.irfft(self.linear_operator() * u_hat + self.nonlinear_hat(u_hat), self.n)
+        lin = self.linear_operator() * u_hat
+        return jnp.fft.irfft(lin + self.nonlinear_hat(u_hat, u=u), self.n)
 
     def derivative(self, u: Float[Array, " n"], order: int = 1) -> Float[Array, " n"]:
         """Spectral derivative ``∂_x^order u``."""

@@ -36,40 +36,45 @@ class Repeated(AbstractStepper):
     def dt(self):
         return self.inner.dt * self.substeps
 
+    def prepare(self) -> Repeated:
+        """`Repeated` over the prepared inner stepper (see `ETDRK4.prepare`)."""
+        prep = getattr(self.inner, "prepare", None)
+        return self if prep is None else Repeated(prep(), self.substeps)
+
     def __call__(self, u):
         self.check(u)
         return jax.lax.fori_loop(0, self.substeps, lambda _, v: self.inner(v), u)
 
 
-def _scan(step, u, n: int):
+def _scan(step, u, n: int, out=None):
     def body(carry, _):
         nxt = step(carry)
-        return nxt, nxt
+        return nxt, (nxt if out is None else out(nxt))
 
     return jax.lax.scan(body, u, None, length=n)
 
 
-def _blocked(step, u, n: int, blocks: tuple[int, ...]):
+def _blocked(step, u, n: int, blocks: tuple[int, ...], out=None):
     """Roll ``n`` steps in checkpointed blocks; ``blocks`` lists block sizes, outer first.
 
     Only block boundaries are kept for the backward pass; each block is recomputed (and,
     with more than one level, recursively checkpointed again) when its gradient is needed.
     """
     if not blocks or n <= blocks[-1]:
-        return _scan(step, u, n)
+        return _scan(step, u, n, out)
     size, inner = blocks[0], blocks[1:]
     if n < size:
-        return _blocked(step, u, n, inner)
+        return _blocked(step, u, n, inner, out)
     q, r = divmod(n, size)
 
     @jax.checkpoint
     def block(carry):
-        return _blocked(step, carry, size, inner)
+        return _blocked(step, carry, size, inner, out)
 
     u, ys = jax.lax.scan(lambda c, _: block(c), u, None, length=q)
     ys = jtu.tree_map(lambda y: y.reshape(q * size, *y.shape[2:]), ys)
     if r:
-        u, rest = _blocked(step, u, r, inner)
+        u, rest = _blocked(step, u, r, inner, out)
         ys = jtu.tree_map(lambda a, b: jnp.concatenate([a, b]), ys, rest)
     return u, ys
 
@@ -147,13 +152,20 @@ def rollout(
 
     if n == 0:
         return jtu.tree_map(lambda x: x[None], u0)
+    body, carry0, out = step, u0, None
+    prepare = getattr(step, "prepare", None)
+    if prepare is not None:  # θ_s-dependent coefficients once per trajectory, not per step
+        step = prepare()
+        body, carry0 = step, u0
+    if hasattr(step, "init_carry"):  # e.g. ETDRK4 carries (û, u): fewer FFTs per step
+        body, carry0, out = step.step_carry, step.init_carry(u0), step.carry_output
     if memory == "full":
-        _, ys = _scan(step, u0, n)
+        _, ys = _scan(body, carry0, n, out)
     elif memory == "checkpoint":
         k = checkpoint_every or max(2, math.isqrt(n - 1) + 1)
-        _, ys = _blocked(step, u0, n, (k,))
+        _, ys = _blocked(body, carry0, n, (k,), out)
     else:
-        _, ys = _blocked(step, u0, n, _recursive_blocks(n, checkpoint_every or 8))
+        _, ys = _blocked(body, carry0, n, _recursive_blocks(n, checkpoint_every or 8), out)
     traj = jtu.tree_map(lambda a, b: jnp.concatenate([a[None], b]), u0, ys)
 
     if check_finite and concrete and not isinstance(jtu.tree_leaves(traj)[0], jax.core.Tracer):
