@@ -167,6 +167,19 @@ class PeriodicConv2d(eqx.Module):
         return _circular_conv(x, self.weight, self.bias, self.dilation)
 
 
+def _cnn_layers(conv, channels_in, channels_out, width, depth, kernel_size, scale, key):
+    """``depth + 1`` convolutions ``channels_in → width → … → channels_out``, the last one's
+    initial weights scaled by ``scale``."""
+    sizes = [channels_in] + [width] * depth + [channels_out]
+    keys = jax.random.split(key, len(sizes) - 1)
+    layers = [
+        conv(c_in, c_out, kernel_size, key=k)
+        for c_in, c_out, k in zip(sizes[:-1], sizes[1:], keys, strict=True)
+    ]
+    layers[-1] = _checks.scale_last(layers[-1], scale)
+    return tuple(layers)
+
+
 def _cnn_apply(owner, layers, activation, channels_in, channels_out, spatial_ndim, x):
     x, added = _checks.with_channels(owner, x, channels_in, spatial_ndim, True)
     for layer in layers[:-1]:
@@ -230,14 +243,16 @@ class PeriodicCNN1d(eqx.Module):
         self.activation = _checks.activation(owner, activation)
         scale = _checks.final_scale(owner, final_scale)
 
-        sizes = [self.channels_in] + [width] * depth + [self.channels_out]
-        keys = jax.random.split(key, len(sizes) - 1)
-        layers = [
-            PeriodicConv1d(c_in, c_out, kernel_size, key=k)
-            for c_in, c_out, k in zip(sizes[:-1], sizes[1:], keys, strict=True)
-        ]
-        layers[-1] = _checks.scale_last(layers[-1], scale)
-        self.layers = tuple(layers)
+        self.layers = _cnn_layers(
+            PeriodicConv1d,
+            self.channels_in,
+            self.channels_out,
+            width,
+            depth,
+            kernel_size,
+            scale,
+            key,
+        )
 
     def __call__(
         self, x: Float[Array, " n"] | Float[Array, "channels_in n"]
@@ -303,14 +318,16 @@ class PeriodicCNN2d(eqx.Module):
         self.activation = _checks.activation(owner, activation)
         scale = _checks.final_scale(owner, final_scale)
 
-        sizes = [self.channels_in] + [width] * depth + [self.channels_out]
-        keys = jax.random.split(key, len(sizes) - 1)
-        layers = [
-            PeriodicConv2d(c_in, c_out, kernel_size, key=k)
-            for c_in, c_out, k in zip(sizes[:-1], sizes[1:], keys, strict=True)
-        ]
-        layers[-1] = _checks.scale_last(layers[-1], scale)
-        self.layers = tuple(layers)
+        self.layers = _cnn_layers(
+            PeriodicConv2d,
+            self.channels_in,
+            self.channels_out,
+            width,
+            depth,
+            kernel_size,
+            scale,
+            key,
+        )
 
     def __call__(
         self, x: Float[Array, "height width"] | Float[Array, "channels_in height width"]

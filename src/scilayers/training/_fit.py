@@ -258,19 +258,27 @@ def save_checkpoint(directory: Path, tree, meta: dict) -> None:
     _atomic_write_bytes(directory / "checkpoint.json", lambda f: f.write(json.dumps(meta).encode()))
 
 
+def read_checkpoint_meta(directory: Path) -> dict | None:
+    """The JSON metadata of the checkpoint in ``directory`` (``None`` if there is none)."""
+    meta_path = Path(directory) / "checkpoint.json"
+    if not meta_path.exists():
+        return None
+    try:
+        return json.loads(meta_path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(
+            f"checkpoint {meta_path} is corrupt ({e}); delete {directory} to start afresh."
+        ) from e
+
+
 def load_checkpoint(directory: Path, template) -> tuple[Any, dict] | None:
     """Read a checkpoint written by `save_checkpoint` into ``template``'s structure, or
     ``None`` if there is none. A corrupt or mismatched checkpoint raises `ValueError`."""
     directory = Path(directory)
     meta_path, leaves = directory / "checkpoint.json", directory / "checkpoint.eqx"
-    if not meta_path.exists():
+    meta = read_checkpoint_meta(directory)
+    if meta is None:
         return None
-    try:
-        meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(
-            f"checkpoint {meta_path} is corrupt ({e}); delete {directory} to start afresh."
-        ) from e
     if not leaves.exists() or _sha256(leaves) != meta.get("sha256"):
         raise ValueError(
             f"checkpoint {leaves} is missing or does not match its hash in {meta_path} "
@@ -401,14 +409,8 @@ def fit(
 
     restored = None
     if resume and ckdir is not None:
-        meta_probe = ckdir / "checkpoint.json"
-        if meta_probe.exists():
-            try:
-                probe = json.loads(meta_probe.read_text())
-            except json.JSONDecodeError as e:
-                raise ValueError(
-                    f"checkpoint {meta_probe} is corrupt ({e}); delete {ckdir} to start afresh."
-                ) from e
+        probe = read_checkpoint_meta(ckdir)
+        if probe is not None:
             if probe.get("config") != meta_cfg:
                 raise ValueError(
                     f"the checkpoint in {ckdir} was written with a different config; resume "
