@@ -262,3 +262,16 @@ def test_blow_up_names_the_step_and_the_fix():
         sl.rollout(step, u0, 50)
     # A stable dt runs to the end.
     assert np.isfinite(np.asarray(sl.rollout(StrangSplitting(model, 0.01), u0, 50))).all()
+
+
+def test_float32_state_with_float64_parameters_is_promoted(key):
+    """Data stored as float32 (netCDF) rolled out by a float64 model: the trajectory has the
+    step's dtype instead of failing on a carry dtype mismatch inside lax.scan."""
+    import scilayers as sl
+
+    ks = sl.models.KuramotoSivashinsky(22.0, 32)
+    u0 = ks.initial_condition(key).astype(jnp.float32)
+    for step in (sl.solvers.ETDRK4(ks, 0.25), sl.solvers.StrangSplitting(ks, 0.25)):
+        traj = sl.rollout(step, u0, 5)
+        assert traj.dtype == jnp.float64
+        np.testing.assert_allclose(traj[-1], sl.rollout(step, u0.astype(jnp.float64), 5)[-1])

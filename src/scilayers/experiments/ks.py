@@ -100,7 +100,7 @@ class KSStudyConfig:
     emulator_depth: int = 3
     kernel_size: int = 5
     closure_symmetry: str | None = "ks-odd"
-    lambda_closure_ablation: float = 1.0
+    lambda_closure_sweep: tuple[float, ...] = (1e-2, 1.0)
     lambda_physics: float = 0.0
     lambda_sweep: tuple[float, ...] = (0.0, 1e-3, 1e-2, 1e-1, 1.0)
     pinn_window: int = 20
@@ -317,11 +317,12 @@ def _train_runs(cfg: KSStudyConfig) -> dict[str, tuple[str, dict]]:
         "hybrid_joint": ("hybrid", {"strategy": "joint"}),
         "abl_joint_unrestricted": ("hybrid", {"strategy": "joint", "symmetry": None}),
         "abl_fixed_unrestricted": ("hybrid", {"strategy": "fixed", "symmetry": None}),
-        "abl_joint_unrestricted_penalised": (
-            "hybrid",
-            {"strategy": "joint", "symmetry": None, "lambda_closure": cfg.lambda_closure_ablation},
-        ),
     }
+    for lc in cfg.lambda_closure_sweep:
+        runs[f"abl_joint_unrestricted_penalised_{lc:g}"] = (
+            "hybrid",
+            {"strategy": "joint", "symmetry": None, "lambda_closure": lc},
+        )
     for lp in cfg.lambda_sweep:
         if lp != cfg.lambda_physics:
             runs[f"abl_lambda_{lp:g}"] = ("hybrid", {"strategy": "joint", "lambda_physics": lp})
@@ -563,9 +564,12 @@ def run_study(
         "closure": {
             "KS-odd symmetric closure": agg["hybrid_joint"],
             "unrestricted closure": agg["abl_joint_unrestricted"],
-            f"unrestricted + magnitude penalty λ_c={cfg.lambda_closure_ablation:g}": agg[
-                "abl_joint_unrestricted_penalised"
-            ],
+            **{
+                f"unrestricted + magnitude penalty λ_c={lc:g}": agg[
+                    f"abl_joint_unrestricted_penalised_{lc:g}"
+                ]
+                for lc in cfg.lambda_closure_sweep
+            },
         },
     }
 

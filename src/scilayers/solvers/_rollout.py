@@ -152,11 +152,14 @@ def rollout(
 
     if n == 0:
         return jtu.tree_map(lambda x: x[None], u0)
-    body, carry0, out = step, u0, None
+    out = None
     prepare = getattr(step, "prepare", None)
     if prepare is not None:  # θ_s-dependent coefficients once per trajectory, not per step
         step = prepare()
-        body, carry0 = step, u0
+    # start in the dtype a step produces (e.g. float32 data with float64 θ_s), so the scan
+    # carry keeps one type and nothing is computed in the lower precision
+    u0 = jtu.tree_map(lambda x, t: x.astype(t.dtype), u0, jax.eval_shape(step, u0))
+    body, carry0 = step, u0
     if hasattr(step, "init_carry"):  # e.g. ETDRK4 carries (û, u): fewer FFTs per step
         body, carry0, out = step.step_carry, step.init_carry(u0), step.carry_output
     if memory == "full":
