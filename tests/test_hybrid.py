@@ -151,3 +151,20 @@ def test_rollout_loss_is_zero_on_own_trajectories_and_closure_magnitude(key):
     expected = jnp.mean(jax.vmap(net)(states) ** 2)
     np.testing.assert_allclose(closure_magnitude(hyb, states), expected, rtol=1e-12)
     assert float(closure_magnitude(step, states)) == 0.0
+
+
+def test_odd_network_takes_the_two_call_projection_with_the_same_result(key):
+    """A bias-free tanh CNN is odd; the projection then needs two calls, and equals the
+    four-call projection of the same network."""
+    odd = sl.nn.PeriodicCNN1d(
+        width=8, depth=1, activation=jnp.tanh, use_bias=False, key=key, final_scale=1.0
+    )
+    assert odd.is_odd
+    u = _ks().initial_condition(jax.random.fold_in(key, 1))
+    np.testing.assert_allclose(odd(-u), -odd(u), atol=1e-12)
+    fast = sl.Hybrid(sl.solvers.ETDRK4(_ks(), 0.25), odd, symmetry="ks-odd").network_term(u)
+    n = u.shape[0]
+    idx = (-jnp.arange(n)) % n
+    four = 0.25 * (odd(u) - odd(-u) - odd(u[idx])[idx] + odd(-u[idx])[idx])
+    np.testing.assert_allclose(fast, four, atol=1e-12)
+    assert not sl.nn.PeriodicCNN1d(width=8, depth=1, activation=jnp.tanh, key=key).is_odd

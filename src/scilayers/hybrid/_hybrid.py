@@ -44,6 +44,8 @@ def _ks_odd(net, u):
     n = u.shape[-1]
     idx = (-jnp.arange(n)) % n  # R: x_j -> x_{-j} on the periodic grid
     ru = u[..., idx]
+    if getattr(net, "is_odd", False):  # N(-u) = -N(u) already: two of the four terms suffice
+        return 0.5 * (net(u) - net(ru)[..., idx])
     # four separate calls: measured 2x faster on CPU than one call on a stacked batch
     return 0.25 * (net(u) - net(-u) - net(ru)[..., idx] + net(-ru)[..., idx])
 

@@ -72,6 +72,8 @@ def scale_last(layer: eqx.Module, scale: float) -> eqx.Module:
     """``layer`` with its ``weight`` and ``bias`` multiplied by ``scale``."""
     if scale == 1.0:
         return layer
+    if layer.bias is None:
+        return eqx.tree_at(lambda m: m.weight, layer, layer.weight * scale)
     return eqx.tree_at(
         lambda m: (m.weight, m.bias), layer, (layer.weight * scale, layer.bias * scale)
     )

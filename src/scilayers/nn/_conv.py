@@ -57,7 +57,7 @@ def _circular_conv(
         padding="VALID",
         rhs_dilation=dilation,
     )[0]
-    return y + bias.astype(dtype).reshape((-1,) + (1,) * nd)
+    return y if bias is None else y + bias.astype(dtype).reshape((-1,) + (1,) * nd)
 
 
 class PeriodicConv1d(eqx.Module):
@@ -83,7 +83,7 @@ class PeriodicConv1d(eqx.Module):
     """
 
     weight: Float[Array, "out_channels in_channels kernel_size"]
-    bias: Float[Array, " out_channels"]
+    bias: Float[Array, " out_channels"] | None
     in_channels: int = eqx.field(static=True)
     out_channels: int = eqx.field(static=True)
     kernel_size: int = eqx.field(static=True)
@@ -97,6 +97,7 @@ class PeriodicConv1d(eqx.Module):
         *,
         key: PRNGKeyArray,
         dilation: int = 1,
+        use_bias: bool = True,
     ):
         owner = "PeriodicConv1d"
         self.in_channels = _checks.positive_int(owner, "in_channels", in_channels, 1)
@@ -106,6 +107,8 @@ class PeriodicConv1d(eqx.Module):
         self.weight, self.bias = _init_conv(
             key, self.in_channels, self.out_channels, (self.kernel_size,)
         )
+        if not use_bias:
+            self.bias = None
 
     def __call__(self, x: Float[Array, "in_channels n"]) -> Float[Array, "out_channels n"]:
         """Convolve one sample of shape ``(in_channels, n)``."""
@@ -135,7 +138,7 @@ class PeriodicConv2d(eqx.Module):
     """
 
     weight: Float[Array, "out_channels in_channels kh kw"]
-    bias: Float[Array, " out_channels"]
+    bias: Float[Array, " out_channels"] | None
     in_channels: int = eqx.field(static=True)
     out_channels: int = eqx.field(static=True)
     kernel_size: tuple[int, int] = eqx.field(static=True)
@@ -149,6 +152,7 @@ class PeriodicConv2d(eqx.Module):
         *,
         key: PRNGKeyArray,
         dilation: int | tuple[int, int] = 1,
+        use_bias: bool = True,
     ):
         owner = "PeriodicConv2d"
         self.in_channels = _checks.positive_int(owner, "in_channels", in_channels, 1)
@@ -158,6 +162,8 @@ class PeriodicConv2d(eqx.Module):
         self.weight, self.bias = _init_conv(
             key, self.in_channels, self.out_channels, self.kernel_size
         )
+        if not use_bias:
+            self.bias = None
 
     def __call__(
         self, x: Float[Array, "in_channels height width"]
@@ -167,13 +173,18 @@ class PeriodicConv2d(eqx.Module):
         return _circular_conv(x, self.weight, self.bias, self.dilation)
 
 
-def _cnn_layers(conv, channels_in, channels_out, width, depth, kernel_size, scale, key):
+_ODD_ACTIVATIONS = (jnp.tanh, jax.nn.tanh, jnp.sin, jax.nn.soft_sign)
+
+
+def _cnn_layers(
+    conv, channels_in, channels_out, width, depth, kernel_size, scale, key, use_bias=True
+):
     """``depth + 1`` convolutions ``channels_in → width → … → channels_out``, the last one's
     initial weights scaled by ``scale``."""
     sizes = [channels_in] + [width] * depth + [channels_out]
     keys = jax.random.split(key, len(sizes) - 1)
     layers = [
-        conv(c_in, c_out, kernel_size, key=k)
+        conv(c_in, c_out, kernel_size, key=k, use_bias=use_bias)
         for c_in, c_out, k in zip(sizes[:-1], sizes[1:], keys, strict=True)
     ]
     layers[-1] = _checks.scale_last(layers[-1], scale)
@@ -215,12 +226,15 @@ class PeriodicCNN1d(eqx.Module):
     - `activation`: elementwise activation (default `jax.nn.gelu`).
     - `key`: a JAX PRNG key for initialisation.
     - `final_scale`: factor on the initial last-layer weight and bias (default 1e-2).
+    - `use_bias`: if false, no layer has a bias; with an odd activation (``tanh``,
+      ``sin``) the network is then odd, ``N(-x) = -N(x)`` (see `is_odd`).
     """
 
     layers: tuple[PeriodicConv1d, ...]
     activation: Callable
     channels_in: int = eqx.field(static=True)
     channels_out: int = eqx.field(static=True)
+    use_bias: bool = eqx.field(static=True)
 
     def __init__(
         self,
@@ -233,8 +247,10 @@ class PeriodicCNN1d(eqx.Module):
         *,
         key: PRNGKeyArray,
         final_scale: float = 1e-2,
+        use_bias: bool = True,
     ):
         owner = "PeriodicCNN1d"
+        self.use_bias = bool(use_bias)
         self.channels_in = _checks.positive_int(owner, "channels_in", channels_in, 1)
         self.channels_out = _checks.positive_int(owner, "channels_out", channels_out, 1)
         width = _checks.positive_int(owner, "width", width, 32)
@@ -252,7 +268,13 @@ class PeriodicCNN1d(eqx.Module):
             kernel_size,
             scale,
             key,
+            self.use_bias,
         )
+
+    @property
+    def is_odd(self) -> bool:
+        """Whether ``N(-x) = -N(x)`` holds by construction (no biases, odd activation)."""
+        return not self.use_bias and any(self.activation is f for f in _ODD_ACTIVATIONS)
 
     def __call__(
         self, x: Float[Array, " n"] | Float[Array, "channels_in n"]
