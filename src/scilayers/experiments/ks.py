@@ -449,6 +449,11 @@ def run_method(prob: Problem, name: str, seed: int, out: Path, resume: bool, pro
 # ------------------------------------------------------------------------------ study
 
 
+def _true_theta(cfg: KSStudyConfig) -> dict[str, float]:
+    """The true values of the learned coefficients (`LEARNED`)."""
+    return {"a": cfg.a_true, "b": cfg.b_true}
+
+
 def _fmt(stat: dict) -> str:
     return "—" if stat["mean"] is None else f"{stat['mean']:.3e} ± {stat['std']:.1e}"
 
@@ -479,7 +484,7 @@ def _aggregate(per_seed: list[dict], cfg: KSStudyConfig) -> dict:
             }
     out["horizon_mse"] = horizon
     theta = {}
-    true = {"a": cfg.a_true, "b": cfg.b_true}
+    true = _true_theta(cfg)
     prior = {"a": cfg.a_prior, "b": cfg.b_prior}
     for p in LEARNED:
         learned = [m["theta"][p] for m in per_seed if p in m.get("theta", {})]
@@ -520,7 +525,8 @@ def run_study(
     )
     names = list(METHODS) + [n for n in _train_runs(cfg) if n not in METHODS]
     results: dict[str, list[dict]] = {n: [] for n in names}
-    arrays: dict[str, np.ndarray] = {}
+    spacetime: dict[str, np.ndarray] = {}  # the first seed's rollouts of each method
+    theta_hist: dict[tuple[str, str], list[np.ndarray]] = {}  # (method, param) -> per seed
     for name in names:
         for seed in seeds:
             hit = cache.get(name, seed)
@@ -530,13 +536,15 @@ def run_study(
             else:
                 metrics, arr = hit
             results[name].append(metrics)
+            if name not in METHODS:  # ablation runs only enter the tables
+                continue
             if seed == seeds[0]:
-                for k in ("spacetime_id", "spacetime_ood"):
-                    if k in arr:
-                        arrays[f"{k.replace('_', '_' + name + '_', 1)}"] = arr[k]
+                for tag in ("id", "ood"):
+                    if f"spacetime_{tag}" in arr:
+                        spacetime[f"spacetime_{name}_{tag}"] = arr[f"spacetime_{tag}"]
             for p in LEARNED:
                 if f"theta__{p}" in arr:
-                    arrays.setdefault(f"_theta__{name}__{p}", []).append(arr[f"theta__{p}"])
+                    theta_hist.setdefault((name, p), []).append(arr[f"theta__{p}"])
         m = _aggregate(results[name], cfg)
         theta = {p: np.round(v["learned"], 4).tolist() for p, v in m["theta"].items()}
         log(f"{name:34s} id_mse {_fmt(m['id_mse'])}  ood_mse {_fmt(m['ood_mse'])}  θ {theta}")
@@ -584,18 +592,13 @@ def run_study(
     arrays_out["spacetime_truth_ood"] = prob.eval_ood[0, w : w + s + 1]
     arrays_out["x_id"] = np.arange(cfg.n) * cfg.length / cfg.n
     arrays_out["x_ood"] = np.arange(prob.n_ood) * prob.length_ood / prob.n_ood
-    for k, v in arrays.items():
-        if k.startswith("_theta__"):
-            name, p = k[len("_theta__") :].rsplit("__", 1)
-            if name in METHODS:
-                length = max(len(x) for x in v)
-                pad = np.full((len(v), length), np.nan)
-                for i, x in enumerate(v):
-                    pad[i, : len(x)] = x
-                arrays_out[f"theta__{name}__{p}"] = pad
-        elif any(k.startswith(f"spacetime_{m}_") for m in METHODS):
-            arrays_out[k] = v
-    for p, val in (("a", cfg.a_true), ("b", cfg.b_true)):
+    arrays_out.update(spacetime)
+    for (name, p), runs in theta_hist.items():  # (seeds, steps), NaN-padded
+        pad = np.full((len(runs), max(len(x) for x in runs)), np.nan)
+        for i, x in enumerate(runs):
+            pad[i, : len(x)] = x
+        arrays_out[f"theta__{name}__{p}"] = pad
+    for p, val in _true_theta(cfg).items():
         arrays_out[f"theta_true__{p}"] = np.asarray(val)
     np.savez(out / "arrays.npz", **arrays_out)
 

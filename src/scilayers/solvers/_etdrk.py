@@ -12,6 +12,12 @@ from ..models import AbstractSpectralModel
 from ._base import AbstractStepper
 
 
+def _contour(hl, points: int, radius: float):
+    """``points`` nodes on a circle of ``radius`` around each ``hl``: shape ``(m, points)``."""
+    theta = 2 * jnp.pi * (jnp.arange(points) + 0.5) / points
+    return hl[:, None] + radius * jnp.exp(1j * theta)[None, :]
+
+
 def etdrk4_coefficients(
     lin: Complex[Array, " m"], dt: float, points: int = 32, radius: float = 1.0
 ):
@@ -24,8 +30,7 @@ def etdrk4_coefficients(
     and differentiable in ``lin``.
     """
     hl = dt * lin
-    theta = 2 * jnp.pi * (jnp.arange(points) + 0.5) / points
-    lr = hl[:, None] + radius * jnp.exp(1j * theta)[None, :]
+    lr = _contour(hl, points, radius)
     elr = jnp.exp(lr)
     elr2 = jnp.exp(lr / 2)
     lr3 = lr**3
@@ -124,8 +129,6 @@ def phi1(lin: Complex[Array, " m"], dt: float, points: int = 32, radius: float =
 
     The exact response of ``u_t = L u + g`` to a forcing ``g`` held constant over a step.
     """
-    hl = dt * lin
-    theta = 2 * jnp.pi * (jnp.arange(points) + 0.5) / points
-    lr = hl[:, None] + radius * jnp.exp(1j * theta)[None, :]
+    lr = _contour(dt * lin, points, radius)
     out = dt * jnp.mean((jnp.exp(lr) - 1) / lr, axis=-1)
     return out if jnp.iscomplexobj(lin) else jnp.real(out)
