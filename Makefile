@@ -5,6 +5,14 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 SCILAYERS := $(VENV)/bin/scilayers
 
+# Real data for the tests: $SCILAYERS_DATA_DIR when set, else ../shared/data when that
+# folder exists next to the clone, else nothing (the tests that need real data then skip).
+ifeq ($(strip $(SCILAYERS_DATA_DIR)),)
+ifneq ($(wildcard ../shared/data/.),)
+TEST_ENV := SCILAYERS_DATA_DIR=../shared/data
+endif
+endif
+
 # The default study: the KS study at its quick preset (under 10 minutes on 2 cores);
 # writes runs/ks-quick/{results.json,report.md,figures/}.
 DEMO_CMD ?= $(SCILAYERS) run ks --preset quick --out runs/ks-quick
@@ -13,7 +21,7 @@ DEMO_CMD ?= $(SCILAYERS) run ks --preset quick --out runs/ks-quick
 
 help:
 	@echo "make demo      create $(VENV), install, run the default study (DEMO_CMD)"
-	@echo "make test      fast tests (SCILAYERS_DATA_DIR defaults to ../shared/data)"
+	@echo "make test      fast tests (real data from SCILAYERS_DATA_DIR, else ../shared/data if present)"
 	@echo "make test-all  all tests, slow ones included"
 	@echo "make bench     the benchmark suite (writes benchmarks/results.json)"
 	@echo "make lint      ruff"
@@ -32,10 +40,10 @@ demo: install
 	$(DEMO_CMD)
 
 test: install
-	SCILAYERS_DATA_DIR=$${SCILAYERS_DATA_DIR:-../shared/data} $(VENV)/bin/pytest -q
+	$(TEST_ENV) $(VENV)/bin/pytest -q
 
 test-all: install
-	SCILAYERS_DATA_DIR=$${SCILAYERS_DATA_DIR:-../shared/data} $(VENV)/bin/pytest -q -m ""
+	$(TEST_ENV) $(VENV)/bin/pytest -q -m ""
 
 bench: install
 	$(SCILAYERS) bench

@@ -1,7 +1,11 @@
 """KS truth generation, splits, netCDF files, the cache and the data directory."""
 
+import ast
 import dataclasses
 import os
+import shutil
+import subprocess
+from pathlib import Path
 
 import equinox as eqx
 import jax
@@ -177,7 +181,7 @@ def test_config_rejects_bad_values(kw, match):
 def test_config_serialisation_and_fingerprint():
     cfg = KSDataConfig(d=0.3, ood_a=1.5)
     assert KSDataConfig.from_json(cfg.to_json()) == cfg
-    assert cfg.ood_theta == {"a": 1.5, "b": 1.0, "c": 1.0, "d": 0.3}
+    assert cfg.ood_theta == {"a": 1.5, "b": 1.0, "c": 1.0, "d": 0.3, "e": None}  # e: no OOD shift
     assert cfg.dt == pytest.approx(0.05) and cfg.burn_in_steps == 2000 and cfg.ood_n == 128
     # batch_size does not change the values, so neither does it change the fingerprint
     assert cfg.fingerprint() == dataclasses.replace(cfg, batch_size=7).fingerprint()
@@ -296,7 +300,65 @@ def test_data_dir_resolution(tmp_path, monkeypatch):
 
 
 def test_shared_data_dir_when_configured():
-    """CI sets SCILAYERS_DATA_DIR to the shared real-data folder; it must resolve."""
+    """CI sets SCILAYERS_DATA_DIR to the shared real-data folder; once set, it must resolve."""
     if not os.environ.get("SCILAYERS_DATA_DIR"):
-        pytest.skip("SCILAYERS_DATA_DIR is not set (make test and .ci/run set it)")
-    assert data_dir().is_dir()
+        pytest.skip("no real data: SCILAYERS_DATA_DIR is unset (no ../shared/data found)")
+    path = data_dir()
+    assert path.is_dir() and path.is_absolute()
+
+
+_MAKEFILE = Path(__file__).resolve().parents[1] / "Makefile"
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+@pytest.mark.parametrize(
+    ("shared", "configured", "expected"),
+    [
+        (False, None, "<unset>"),  # a fresh clone anywhere: no default to a missing folder
+        (True, None, "../shared/data"),
+        (False, "/elsewhere", "/elsewhere"),
+        (True, "/elsewhere", "/elsewhere"),  # an explicit setting wins
+    ],
+)
+def test_make_test_points_at_real_data_only_where_it_exists(tmp_path, shared, configured, expected):
+    """`make test` in a clone with stand-ins for the venv's python and pytest: the data
+    directory it hands pytest."""
+    clone = tmp_path / "clone"
+    (clone / ".venv" / "bin").mkdir(parents=True)
+    shutil.copy(_MAKEFILE, clone / "Makefile")
+    fakes = {"python": "exit 0", "pytest": 'echo "data_dir=${SCILAYERS_DATA_DIR-<unset>}"'}
+    for name, body in fakes.items():
+        tool = clone / ".venv" / "bin" / name
+        tool.write_text(f"#!/bin/sh\n{body}\n")
+        tool.chmod(0o755)
+    if shared:
+        (tmp_path / "shared" / "data").mkdir(parents=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MAKE", "MFLAGS"))}
+    env.pop("SCILAYERS_DATA_DIR", None)
+    if configured is not None:
+        env["SCILAYERS_DATA_DIR"] = configured
+    out = subprocess.run(
+        ["make", "-s", "test"], cwd=clone, env=env, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == f"data_dir={expected}"
+
+
+_DATA_MODULES = sorted(p.name for p in (Path(sl.__file__).parent / "data").glob("*.py"))
+
+
+@pytest.mark.parametrize("module", _DATA_MODULES)
+def test_data_imports_only_the_layers_below_it(module):
+    """data/ sits beside solvers in the layering: it may import params, models and solvers,
+    never the package root (which pulls in training, hybrid, ...) or a layer above."""
+    allowed = {"params", "models", "solvers", "_typing"}
+    tree = ast.parse((Path(sl.__file__).parent / "data" / module).read_text())
+    bad = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level >= 2:
+            target = (node.module or "").split(".")[0]
+            if node.level > 2 or target not in allowed:
+                bad.append(f"line {node.lineno}: from {'.' * node.level}{node.module or ''}")
+        elif isinstance(node, ast.Import):
+            if any(a.name.split(".")[0] == "scilayers" for a in node.names):
+                bad.append(f"line {node.lineno}: import scilayers")
+    assert bad == []

@@ -1,93 +1,157 @@
-"""The KS study end to end at a tiny size: every method, results format, report, resume."""
+"""The study engine end to end on the example Burgers study at a tiny size: every method,
+the results format, θ_s read from the Params, resume, reproducibility, the registry."""
 
-import dataclasses
 import json
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from scilayers.experiments import ks
+from scilayers import metrics as M
+from scilayers.baselines import PINNConfig
+from scilayers.experiments import STUDIES, get_study, main, run_study
+from scilayers.experiments._engine import METHODS, REFERENCE, transfer
+from scilayers.experiments.burgers import PRESETS, BurgersStudy
+from scilayers.params import values
 from scilayers.training import TrainConfig
 
-TINY = dataclasses.replace(
-    ks.PRESETS["quick"],
+TINY = PRESETS["quick"].replace(
     preset="tiny",
-    trajectories=30,
-    traj_steps=40,
-    burn_in=20.0,
-    n_test=2,
-    n_ood=2,
-    main_horizon=8,
-    horizons=(2, 8),
-    corr_steps=30,
-    spacetime_steps=10,
-    pinn_window=4,
-    pinn_steps=3,
-    pinn_collocation=16,
-    pinn_width=8,
+    trajectories=24,
+    context_steps=3,
+    corr_steps=10,
+    main_horizon=5,
+    horizons=(2, 5),
+    field_steps=6,
+    data_sizes=(2,),
+    data_seeds=1,
     lambda_sweep=(0.0, 0.1),
-    lambda_closure_sweep=(1.0,),
+    closure_variants=("unrestricted", "orthogonal"),
+    pinn=PINNConfig(width=8, depth=2, adam_steps=5, lbfgs_steps=3, n_collocation=16,
+                    n_collocation_lbfgs=16),  # fmt: skip
+    pinn_trajectories=2,
     checkpoint_every=2,
     train=TrainConfig(steps=4, batch_size=2, horizon=3, val_every=2),
 )
 
 
+def quiet(*_):
+    pass
+
+
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
-    out = tmp_path_factory.mktemp("ks-tiny")
-    results = ks.run_study(TINY, [0, 1], out, progress=False, log=lambda *_: None)
+    out = tmp_path_factory.mktemp("burgers-tiny")
+    results = run_study(BurgersStudy(TINY), [0, 1], out, progress=False, log=quiet)
     return out, results
 
 
 def test_results_follow_the_documented_format(study):
     out, results = study
     on_disk = json.loads((out / "results.json").read_text())
-    assert on_disk["experiment"] == "ks" and on_disk["seeds"] == [0, 1]
-    assert list(on_disk["methods"]) == list(ks.METHODS)
+    assert on_disk["experiment"] == "burgers" and on_disk["seeds"] == [0, 1]
+    assert on_disk["eval_sets"] == ["id", "ood"]
+    assert list(on_disk["methods"]) == [*REFERENCE, *METHODS]
     for name, m in on_disk["methods"].items():
-        for key in ("id_mse", "ood_mse", "physics_residual", "train_seconds"):
+        for key in ("id_mse", "ood_mse", "train_seconds"):
             assert set(m[key]) == {"mean", "std", "per_seed"}, (name, key)
             assert len(m[key]["per_seed"]) == 2
-    assert set(on_disk["ablations"]) == {"strategy", "lambda_physics", "theta", "closure"}
+    assert all(on_disk["methods"][r]["reference"] for r in REFERENCE)
+    assert {"strategy", "lambda_physics", "identifiability", "data_efficiency"} <= set(
+        on_disk["ablations"]
+    )
     assert set(on_disk["ablations"]["lambda_physics"]) == {"0", "0.1"}
+    de = on_disk["data_efficiency"]
+    assert de["sizes"][0] == 2 and de["sizes"][-1] == 16  # 70 % of 24 trajectories train
+    assert set(de["methods"]) == set(TINY.data_methods)
+    assert on_disk["identifiability"]["params"] == ["nu"]
     assert on_disk["config"]["train"]["steps"] == 4
-    assert {t["name"] for t in on_disk["targets"]}  # computed, not hard-coded
+    for name in ("pure_physics_calibrated", "hybrid_joint", "neural_emulator"):
+        conv = on_disk["methods"][name]["convergence"]
+        assert conv["criterion"] and len(conv["converged"]) == 2
+    assert (out / "report.md").exists() is False  # run_study leaves the report to main()
 
 
-def test_fixed_theta_stays_at_the_prior_and_joint_moves(study):
+def test_theta_is_read_from_the_params(study):
     _, results = study
-    fixed = results["methods"]["hybrid_fixed_theta"]["theta"]
-    assert fixed["a"]["learned"] == [TINY.a_prior] * 2
-    assert fixed["b"]["learned"] == [TINY.b_prior] * 2
-    joint = results["methods"]["hybrid_joint"]["theta"]
-    assert all(v != TINY.a_prior for v in joint["a"]["learned"])
+    prior, truth = values(BurgersStudy(TINY).physics()), values(BurgersStudy(TINY).truth_model())
+    for name in ("hybrid_fixed_theta", "hybrid_joint", "pure_physics_calibrated"):
+        nu = results["methods"][name]["theta"]["nu"]
+        assert nu["initial"] == pytest.approx(float(prior["nu"]))
+        assert nu["true"] == pytest.approx(float(truth["nu"]))
+        assert len(nu["learned"]) == 2
+    fixed = results["methods"]["hybrid_fixed_theta"]["theta"]["nu"]["learned"]
+    assert fixed == pytest.approx([TINY.nu_prior] * 2)
+    joint = results["methods"]["hybrid_joint"]["theta"]["nu"]["learned"]
+    assert all(v != pytest.approx(TINY.nu_prior) for v in joint)
+    hist = results["methods"]["hybrid_joint"]["theta_history"]["nu"]
+    assert len(hist) == 2 and len(hist[0]) == TINY.train.steps
     assert results["methods"]["neural_emulator"]["theta"] == {}
 
 
+def test_reference_forecasts_are_what_they_say(study):
+    """The persistence row equals an MSE computed by hand from the evaluation data."""
+    _, results = study
+    problem = BurgersStudy(TINY).problem(None, False)
+    es = problem.eval_sets["id"]
+    s = es.start
+    truth = es.data[:, s : s + TINY.corr_steps + 1]
+    pers = np.repeat(truth[:, :1], truth.shape[1], axis=1)
+    expected = M.rollout_mse(pers, truth, TINY.main_horizon)
+    assert results["methods"]["persistence"]["id_mse"]["mean"] == pytest.approx(expected)
+
+
+def test_transfer_carries_the_learned_theta(study):
+    study_ = BurgersStudy(TINY)
+    problem = study_.problem(None, False)
+    from scilayers.params import set_values
+
+    trained = set_values(study_.physics(), nu=0.123)
+    moved = transfer(study_, trained, problem.eval_sets["ood"])
+    assert float(values(moved)["nu"]) == pytest.approx(0.123)
+
+
 def test_seeds_differ_but_a_rerun_reproduces(study, tmp_path):
-    out, results = study
+    _, results = study
     per_seed = results["methods"]["hybrid_joint"]["id_mse"]["per_seed"]
     assert per_seed[0] != per_seed[1]
-    again = ks.run_study(TINY, [0], tmp_path, progress=False, log=lambda *_: None)
+    cfg = TINY.replace(data_sizes=(), lambda_sweep=(0.0,), closure_variants=("orthogonal",),
+                       pinn=None)  # fmt: skip
+    again = run_study(BurgersStudy(cfg), [0], tmp_path, progress=False, log=quiet)
     np.testing.assert_allclose(
         again["methods"]["hybrid_joint"]["id_mse"]["per_seed"][0], per_seed[0], rtol=1e-6
     )
+    assert "pinn" not in again["methods"]  # no PINN config: the row is left out, not faked
 
 
 def test_resume_reuses_finished_runs(study):
     out, results = study
     stamp = {p.name: p.stat().st_mtime_ns for p in (out / "runs").glob("*.json")}
-    again = ks.run_study(TINY, [0, 1], out, resume=True, progress=False, log=lambda *_: None)
+    again = run_study(BurgersStudy(TINY), [0, 1], out, resume=True, progress=False, log=quiet)
     assert {p.name: p.stat().st_mtime_ns for p in (out / "runs").glob("*.json")} == stamp
     assert again["methods"]["hybrid_joint"]["id_mse"] == results["methods"]["hybrid_joint"][
         "id_mse"
     ]
 
 
-def test_bad_preset_and_seeds():
+def test_every_registered_study_implements_the_protocol():
+    for name in STUDIES:
+        cls = get_study(name)
+        assert cls.name == name and cls.presets and "quick" in cls.presets
+        study = cls(cls.presets["quick"])
+        step = study.physics()
+        assert values(step), f"{name}: the physics has no θ_s"
+        net = study.closure(__import__("jax").random.key(0))
+        u = jnp.zeros(step.state_shape)
+        assert net(u).shape == u.shape
+
+
+def test_bad_study_preset_and_seeds():
+    with pytest.raises(ValueError, match="unknown study"):
+        get_study("nope")
     with pytest.raises(ValueError, match="unknown preset"):
-        ks.main(preset="huge")
+        main("burgers", preset="huge")
     with pytest.raises(ValueError, match="seeds"):
-        ks.main(seeds=0)
-    with pytest.raises(ValueError, match="traj_steps"):
-        dataclasses.replace(TINY, traj_steps=10)
+        main("burgers", seeds=0)
+    with pytest.raises(ValueError, match="main_horizon"):
+        TINY.replace(main_horizon=100)

@@ -1,4 +1,4 @@
-"""Hybrid couplings, the KS-odd closure projection, and the losses."""
+"""Hybrid couplings, the odd sign/reflection projection, output checks, and the losses."""
 
 import equinox as eqx
 import jax
@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 import scilayers as sl
-from scilayers.losses import closure_magnitude, physics_loss, rollout_loss
+from scilayers.hybrid import OddSignReflection
+from scilayers.losses import closure_magnitude, physics_loss, physics_of, rollout_loss
 
 
 class SpectralOperator(eqx.Module):
@@ -82,7 +83,7 @@ def test_ks_odd_projection_keeps_only_terms_theta_cannot_express(key):
     u = _ks(n=n).initial_condition(key)
     even = SpectralOperator(jnp.array([0.0, 0.0, 0.7, 0.0, -0.4]), length)  # a u_xx + b u_xxxx
     odd = SpectralOperator(jnp.array([0.0, 0.0, 0.0, 0.3]), length)  # d u_xxx
-    hyb = sl.Hybrid(sl.solvers.ETDRK4(_ks(n=n), 0.25), even, coupling="closure", symmetry="ks-odd")
+    hyb = sl.Hybrid(sl.solvers.ETDRK4(_ks(n=n), 0.25), even, projection=OddSignReflection())
     assert float(jnp.max(jnp.abs(hyb.network_term(u)))) < 1e-12
     hyb = eqx.tree_at(lambda h: h.net, hyb, odd)
     np.testing.assert_allclose(hyb.network_term(u), odd(u), atol=1e-12)
@@ -97,7 +98,7 @@ def test_ks_odd_projection_keeps_only_terms_theta_cannot_express(key):
 
 def test_ks_odd_projection_symmetries_for_any_network(key):
     net = sl.nn.PeriodicCNN1d(width=8, depth=1, key=key, final_scale=1.0)
-    hyb = sl.Hybrid(sl.solvers.ETDRK4(_ks(), 0.25), net, symmetry="ks-odd")
+    hyb = sl.Hybrid(sl.solvers.ETDRK4(_ks(), 0.25), net, projection=OddSignReflection())
     u = _ks().initial_condition(jax.random.fold_in(key, 1))
     idx = (-jnp.arange(u.shape[0])) % u.shape[0]
     g = hyb.network_term
@@ -106,14 +107,91 @@ def test_ks_odd_projection_symmetries_for_any_network(key):
     np.testing.assert_allclose(g(u[idx]), -g(u)[idx], atol=1e-6)
 
 
-def test_bad_coupling_and_symmetry():
+def test_bad_coupling_projection_and_identifiable():
     step = sl.solvers.ETDRK4(_ks(), 0.25)
+    zero = Zero(jnp.ones(()))
     with pytest.raises(ValueError, match="unknown coupling"):
-        sl.Hybrid(step, Zero(jnp.ones(())), coupling="sideways")
-    with pytest.raises(ValueError, match="unknown symmetry"):
-        sl.Hybrid(step, Zero(jnp.ones(())), symmetry="mirror")
+        sl.Hybrid(step, zero, coupling="sideways")
+    with pytest.raises(ValueError, match="OddSignReflection"):  # the removed string API
+        sl.Hybrid(step, zero, symmetry="ks-odd")
+    with pytest.raises(ValueError, match="OddSignReflection"):
+        sl.Hybrid(step, zero, "closure", 1.0, "ks-odd")
+    with pytest.raises(ValueError, match="unknown identifiable"):
+        sl.Hybrid(step, zero, identifiable="orthogonl")
+    with pytest.raises(ValueError, match="not 'parameter'"):
+        sl.Hybrid(step, zero, coupling="parameter", identifiable="orthogonal")
     with pytest.raises(ValueError, match="stepper"):
-        sl.Hybrid(lambda u: u, Zero(jnp.ones(())))
+        sl.Hybrid(lambda u: u, zero)
+
+
+def test_odd_sign_reflection_reproduces_the_former_ks_odd_projection(key):
+    """Reference numbers: the four-term formula of the former ``symmetry="ks-odd"``."""
+    net = sl.nn.PeriodicCNN1d(width=8, depth=1, key=key, final_scale=1.0)
+    u = _ks(n=64).initial_condition(jax.random.fold_in(key, 2))
+    n = u.shape[0]
+    idx = (-jnp.arange(n)) % n
+    former = 0.25 * (net(u) - net(-u) - net(u[idx])[idx] + net(-u[idx])[idx])
+    np.testing.assert_allclose(OddSignReflection()(net, u), former, rtol=1e-14, atol=1e-14)
+    hyb = sl.Hybrid(sl.solvers.ETDRK4(_ks(n=64), 0.25), net, projection=OddSignReflection())
+    np.testing.assert_allclose(hyb.network_term(u), former, rtol=1e-14, atol=1e-14)
+
+
+class ThreeState(sl.models.AbstractModel):
+    """A 3-component linear ODE ``u' = -k u`` (not a periodic field)."""
+
+    k: sl.Param
+
+    @property
+    def state_shape(self):
+        return (3,)
+
+    def rhs(self, u):
+        return -self.k.value * u
+
+    def initial_condition(self, key):
+        return jax.random.normal(key, (3,))
+
+
+def test_odd_sign_reflection_rejects_a_state_that_is_not_a_periodic_field():
+    step = sl.solvers.Diffrax(ThreeState(sl.Param(1.0)), 0.1)
+    with pytest.raises(ValueError, match=r"1-D periodic field.*\(3,\).*orthogonal"):
+        sl.Hybrid(step, Zero(jnp.ones(())), projection=OddSignReflection())
+    l96 = sl.solvers.Diffrax(sl.models.Lorenz96(k=8), 0.05)
+    with pytest.raises(ValueError, match="AbstractProjection"):
+        sl.Hybrid(l96, Zero(jnp.ones(())), projection=OddSignReflection())
+
+
+class Halve(eqx.Module):
+    """A wrong closure: returns half the grid."""
+
+    w: jax.Array
+
+    def __call__(self, u):
+        return self.w * u[::2]
+
+
+@pytest.mark.parametrize("coupling", ["closure", "residual"])
+@pytest.mark.parametrize("projection", [None, OddSignReflection()])
+def test_wrong_closure_output_shape_is_a_clear_error(coupling, projection, key):
+    step = sl.solvers.ETDRK4(_ks(), 0.25)
+    hyb = sl.Hybrid(step, Halve(jnp.ones(())), coupling=coupling, projection=projection)
+    u = _ks().initial_condition(key)
+    with pytest.raises(ValueError, match=r"shape \(32,\) to \(16,\).*must return"):
+        hyb(u)
+    with pytest.raises(ValueError, match=r"shape \(32,\) to \(16,\)"):
+        eqx.filter_jit(hyb)(u)
+    ode = sl.Hybrid(sl.solvers.Diffrax(ThreeState(sl.Param(1.0)), 0.1), Halve(jnp.ones(())))
+    with pytest.raises(ValueError, match=r"shape \(3,\) to \(2,\)"):
+        ode(jnp.ones(3))
+
+
+def test_losses_find_the_physics_by_attributes_only():
+    step = sl.solvers.ETDRK4(_ks(), 0.25)
+    hyb = sl.Hybrid(sl.solvers.Repeated(step, 2), Zero(jnp.ones(())))
+    model, dt = physics_of(hyb)
+    assert model is hyb.step.model and dt == 0.5
+    assert physics_of(sl.hybrid.NeuralStepper(Zero(jnp.ones(())), (32,))) == (None, None)
+    assert physics_of(lambda u: u) == (None, None)
 
 
 def _truth(model, key, count=4, steps=30, dt=0.25):
@@ -162,9 +240,24 @@ def test_odd_network_takes_the_two_call_projection_with_the_same_result(key):
     assert odd.is_odd
     u = _ks().initial_condition(jax.random.fold_in(key, 1))
     np.testing.assert_allclose(odd(-u), -odd(u), atol=1e-12)
-    fast = sl.Hybrid(sl.solvers.ETDRK4(_ks(), 0.25), odd, symmetry="ks-odd").network_term(u)
+    hyb = sl.Hybrid(sl.solvers.ETDRK4(_ks(), 0.25), odd, projection=OddSignReflection())
+    fast = hyb.network_term(u)
     n = u.shape[0]
     idx = (-jnp.arange(n)) % n
     four = 0.25 * (odd(u) - odd(-u) - odd(u[idx])[idx] + odd(-u[idx])[idx])
     np.testing.assert_allclose(fast, four, atol=1e-12)
     assert not sl.nn.PeriodicCNN1d(width=8, depth=1, activation=jnp.tanh, key=key).is_odd
+
+
+def test_losses_do_not_import_the_composition_layer():
+    """Layering (docs/design.md): losses depend on models, never on hybrid."""
+    import ast
+    import pathlib
+
+    folder = pathlib.Path(sl.losses.__file__).parent
+    for path in folder.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                assert "hybrid" not in (node.module or ""), f"{path.name} imports {node.module}"
+            elif isinstance(node, ast.Import):
+                assert not any("hybrid" in a.name for a in node.names), path.name

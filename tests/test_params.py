@@ -200,12 +200,12 @@ def _positional(tree):
 
 def test_partition_puts_every_leaf_in_exactly_one_group(hybrid):
     theta_s, theta_ml, frozen = sl.params.partition(hybrid)
-    leaves = jtu.tree_leaves(hybrid)
+    leaves = _positional(hybrid)  # an absent optional term (e.g. KS's e=None) stays None
     groups = [_positional(t) for t in (theta_s, theta_ml, frozen)]
     assert all(len(g) == len(leaves) for g in groups)
     for i, leaf in enumerate(leaves):
         owners = [g[i] for g in groups if g[i] is not None]
-        assert len(owners) == 1 and owners[0] is leaf, i
+        assert owners == [] if leaf is None else len(owners) == 1 and owners[0] is leaf, i
 
     ids = lambda tree: {id(x) for x in jtu.tree_leaves(tree)}  # noqa: E731
     ks = hybrid.ks
@@ -299,6 +299,17 @@ def test_fix_keeps_saturated_raw():
     p = eqx.tree_at(lambda q: q.raw, p, jnp.asarray(40.0))
     q = sl.params.fix(p)
     assert q.fixed and float(q.raw) == 40.0
+    assert not p.fixed  # a new Param; the source is untouched
+    assert q.constraint == p.constraint and (q.units, q.prior, q.name) == (p.units, p.prior, p.name)
+
+
+def test_fix_inside_jit_keeps_raw_and_gradient_off():
+    """`fix` works on traced Params (inside jit/grad), so a loss may freeze θ_s itself."""
+    p = Param(2.0, Positive(), units="m", name="k")
+    g = jax.grad(lambda q: sl.params.fix(q).value ** 2)(p)
+    assert float(g.raw) == 0.0
+    raw = jax.jit(lambda q: sl.params.fix(q, fixed=False).raw)(sl.params.fix(p))
+    assert float(raw) == float(p.raw)
 
 
 # --------------------------------------------------------------------------------------

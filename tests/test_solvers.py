@@ -2,6 +2,7 @@
 
 import math
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -327,6 +328,78 @@ def test_repeated_equals_subsampled_rollout(key):
     np.testing.assert_allclose(
         sl.rollout(rep, u0, 5), sl.rollout(inner, u0, 20)[::4], rtol=0, atol=1e-13
     )
+
+
+# --------------------------------------------------------------------------------------
+# Prepared ETDRK4: cached coefficients never go stale
+# --------------------------------------------------------------------------------------
+
+
+def _ks_learnable():
+    return KuramotoSivashinsky(22.0, 32, a=sl.Param(1.0, "positive"), b=sl.Param(1.0, "positive"))
+
+
+CHANGES = {
+    "set_values": lambda s: sl.params.set_values(s, a=1.3),
+    "tree_at": lambda s: eqx.tree_at(lambda t: t.model.b, s, sl.Param(0.7, "positive")),
+}
+
+
+@pytest.mark.parametrize("change", list(CHANGES))
+def test_prepared_etdrk4_follows_a_change_of_theta(key, change):
+    """θ_s changed after `prepare()`: a step, a rollout and a re-prepare all give the
+    unprepared stepper's result for the new θ_s; stepping it inside jit or driving its
+    carry by hand raises instead of using the stale coefficients."""
+    step = ETDRK4(_ks_learnable(), 0.25)
+    u = step.model.initial_condition(key)
+    prepared = step.prepare()
+    np.testing.assert_array_equal(prepared(u), step(u))
+    changed = CHANGES[change](prepared)
+    fresh = ETDRK4(changed.model, 0.25)
+    assert float(jnp.max(jnp.abs(fresh(u) - step(u)))) > 1e-3  # the change matters
+    np.testing.assert_allclose(changed(u), fresh(u), rtol=0, atol=1e-14)
+    np.testing.assert_allclose(changed.prepare()(u), fresh(u), rtol=0, atol=1e-14)
+    np.testing.assert_allclose(
+        sl.rollout(changed, u, 6), sl.rollout(fresh, u, 6), rtol=0, atol=1e-13
+    )
+    with pytest.raises(ValueError, match=r"call prepare\(\) again"):
+        changed.init_carry(u)
+    with pytest.raises(RuntimeError, match=r"call prepare\(\) again"):
+        jax.block_until_ready(eqx.filter_jit(lambda s, v: s(v))(changed, u))
+
+
+def test_prepared_etdrk4_keeps_its_cache_when_the_symbol_is_unchanged(key):
+    """Inside jit (traced values) and after swapping in a model with the same linear part
+    (what a closure `Hybrid` does every step), the cached coefficients are used; their
+    gradient is the unprepared stepper's."""
+    step = ETDRK4(_ks_learnable(), 0.25)
+    u = step.model.initial_condition(key)
+    prepared = step.prepare()
+    np.testing.assert_allclose(
+        eqx.filter_jit(lambda s, v: s(v))(prepared, u), step(u), rtol=0, atol=1e-14
+    )
+    # mark the cache (scale E = e^{hL}), then swap in an equal model: the marked cache is
+    # what steps, eagerly and under jit, so nothing was recomputed
+    marked = eqx.tree_at(lambda s: s.coefficients[0], prepared, 1.01 * prepared.coefficients[0])
+    same = eqx.tree_at(lambda s: s.model, marked, _ks_learnable())
+    expected = ETDRK4.carry_output(
+        sl.solvers._etdrk._etdrk4_step(step.model, None, marked.coefficients, step.init_carry(u))
+    )
+    assert float(jnp.max(jnp.abs(expected - step(u)))) > 1e-3
+    np.testing.assert_array_equal(same(u), expected)
+    np.testing.assert_allclose(
+        eqx.filter_jit(lambda s, v: s(v))(same, u), expected, rtol=0, atol=1e-14
+    )
+
+    def loss(s, prep):
+        return jnp.sum((s.prepare() if prep else s)(u) ** 2)
+
+    g_prep = eqx.filter_grad(loss)(step, True)
+    g_plain = eqx.filter_grad(loss)(step, False)
+    for name in ("a", "b"):
+        np.testing.assert_allclose(
+            getattr(g_prep.model, name).raw, getattr(g_plain.model, name).raw, rtol=1e-12
+        )
 
 
 # --------------------------------------------------------------------------------------

@@ -127,17 +127,30 @@ def test_divergence_names_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
     data = _toy_data(1.0)  # every window poisons the loss
     with pytest.raises(TrainingDiverged, match=r"diverged at step 2 .*Remedy"):
         sl.fit(Blowup(jnp.asarray(0.5)), data, cfg, checkpoint_dir=tmp_path, progress=False)
-    template = {"model": Blowup(jnp.asarray(0.0)), "opt": None, "best": None}
     meta = json.loads((tmp_path / "checkpoint.json").read_text())
     assert meta["global_step"] == 2  # the steps before the one that gave up
-    stepper = sl.training._fit._init_opt_state(
-        cfg,
-        sl.training.stages_for(cfg)[0],
-        sl.training._fit._split(template["model"], sl.training.stages_for(cfg)[0])[0],
-    )
-    template.update(opt=stepper, best=template["model"])
+    blank = Blowup(jnp.asarray(0.0))
+    stage = sl.training.stages_for(cfg)[0]
+    trainable, _ = sl.training.split_trainable(blank, stage)
+    assert isinstance(trainable, sl.training.Trainable) and trainable.theta_s.w is None
+    opt = sl.training.init_opt_state(cfg, stage, trainable)
+    template = {"model": blank, "opt": opt, "best": blank}
     tree, _ = sl.training.load_checkpoint(tmp_path, template)
     assert float(tree["model"].w) == 0.5  # intact and unchanged by the rejected steps
+
+
+@pytest.mark.parametrize("checkpoint_every", [0, 100])
+def test_divergence_without_a_checkpoint_claims_none(tmp_path, checkpoint_every):
+    """With checkpointing off, or before the first checkpoint is due, the message must not
+    point at a checkpoint that does not exist."""
+    cfg = sl.TrainConfig(
+        steps=30, batch_size=2, horizon=2, max_rejects=3, checkpoint_every=checkpoint_every
+    )
+    with pytest.raises(TrainingDiverged, match=r"diverged at step 2 .*Remedy") as err:
+        sl.fit(Blowup(jnp.asarray(0.5)), _toy_data(1.0), cfg, checkpoint_dir=tmp_path,
+               progress=False)  # fmt: skip
+    assert "checkpoint" not in str(err.value)
+    assert not (tmp_path / "checkpoint.json").exists()
 
 
 def test_bad_inputs(ks_data, key, tmp_path):
@@ -167,15 +180,69 @@ def test_corrupt_checkpoint_is_reported(ks_data, key, tmp_path):
     (tmp_path / "checkpoint.eqx").write_bytes(raw[: len(raw) // 2])
     with pytest.raises(ValueError, match="corrupt"):
         sl.fit(_hybrid(key), ks_data, cfg, checkpoint_dir=tmp_path, resume=True, progress=False)
-    with pytest.raises(ValueError, match="different config"):
+    with pytest.raises(ValueError, match="different config") as err:
         sl.fit(
             _hybrid(key),
             ks_data,
-            cfg.replace(steps=5),
+            cfg.replace(lr_net=2e-3, batch_size=3),
             checkpoint_dir=tmp_path,
             resume=True,
             progress=False,
         )
+    assert "batch_size: 2 in the checkpoint, 3 now" in str(err.value)
+    assert "lr_net: 0.001 in the checkpoint, 0.002 now" in str(err.value)
+    assert "steps" not in str(err.value)
+
+
+def _toy_fit(tmp_path, cfg, resume=False):
+    return sl.fit(Blowup(jnp.asarray(0.5)), _toy_data(0.0), cfg, checkpoint_dir=tmp_path,
+                  resume=resume, progress=False)  # fmt: skip
+
+
+@pytest.mark.parametrize("strategy", sl.training.EXTENDABLE)
+def test_a_finished_run_extends_to_more_steps(tmp_path, strategy):
+    """Resuming a finished joint/fixed run with a larger `steps` continues from its
+    checkpoint; with a constant schedule it ends where a run of that length from the start
+    ends."""
+    cfg = sl.TrainConfig(strategy=strategy, steps=6, batch_size=2, horizon=2, lr_net=5e-2,
+                         schedule="constant", checkpoint_every=3)  # fmt: skip
+    first = _toy_fit(tmp_path / "run", cfg)
+    longer = _toy_fit(tmp_path / "run", cfg.replace(steps=10), resume=True)
+    direct = _toy_fit(tmp_path / "direct", cfg.replace(steps=10))
+    assert longer.resumed_from == 6
+    np.testing.assert_array_equal(longer.history["step"], np.arange(10))
+    np.testing.assert_array_equal(longer.history["loss"][:6], first.history["loss"])
+    np.testing.assert_array_equal(longer.history["loss"], direct.history["loss"])
+    assert float(longer.model.w) == float(direct.model.w) != float(first.model.w)
+    # the extended run's checkpoints carry the new config: it resumes with that config
+    again = _toy_fit(tmp_path / "run", cfg.replace(steps=10), resume=True)
+    assert again.resumed_from == 9 and float(again.model.w) == float(longer.model.w)
+
+
+def test_only_single_stage_runs_extend_and_only_forwards(tmp_path):
+    cfg = sl.TrainConfig(strategy="staged", steps=6, batch_size=2, horizon=2, checkpoint_every=3)
+    _toy_fit(tmp_path / "staged", cfg)
+    with pytest.raises(ValueError, match=r"steps: 6 in the checkpoint, 9 now.*'staged'"):
+        _toy_fit(tmp_path / "staged", cfg.replace(steps=9), resume=True)
+    joint = cfg.replace(strategy="joint")
+    _toy_fit(tmp_path / "joint", joint)
+    with pytest.raises(ValueError, match=r"steps: 6 in the checkpoint, 4 now.*may only grow"):
+        _toy_fit(tmp_path / "joint", joint.replace(steps=4), resume=True)
+    with pytest.raises(ValueError, match=r"seed: 0 in the checkpoint, 1 now; steps: 6"):
+        _toy_fit(tmp_path / "joint", joint.replace(steps=9, seed=1), resume=True)
+
+
+def test_progress_is_silent_off_a_terminal(capsys, monkeypatch):
+    """Redirected output (a log file, a pipe) gets no progress bar: Rich would only leave a
+    blank line per `fit` there. On a terminal the bar is drawn."""
+    for var in ("TTY_COMPATIBLE", "FORCE_COLOR"):
+        monkeypatch.delenv(var, raising=False)
+    cfg = sl.TrainConfig(steps=3, batch_size=2, horizon=2)
+    sl.fit(Blowup(jnp.asarray(0.5)), _toy_data(0.0), cfg, progress=True)
+    assert capsys.readouterr().out == ""
+    monkeypatch.setenv("TTY_COMPATIBLE", "1")
+    sl.fit(Blowup(jnp.asarray(0.5)), _toy_data(0.0), cfg, progress=True)
+    assert "3/3" in capsys.readouterr().out
 
 
 _CHILD = textwrap.dedent(
@@ -251,3 +318,43 @@ def test_sigkill_then_resume_ends_where_an_uninterrupted_run_ends(tmp_path):
     a = np.load(tmp_path / "ref-False.npy")
     b = np.load(tmp_path / "victim-True.npy")
     np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-14)
+
+
+def test_public_step_api_reproduces_fits_first_step(ks_data, key):
+    """`split_trainable`, `init_opt_state`, `compiled_train_step` and `loss_weights` (what
+    the benchmarks drive) take the same step as `fit`; `Trainable` labels the groups."""
+    cfg = sl.TrainConfig(steps=1, batch_size=4, horizon=3, seed=5)
+    model = _hybrid(key)
+    stage = sl.training.stages_for(cfg)[0]
+    trainable, static = sl.training.split_trainable(model, stage)
+    assert sl.params.values(trainable.theta_s)  # θ_s: the Params' raw values ...
+    assert not sl.params.named(trainable.theta_ml)  # ... θ_ml: network arrays only
+    opt = sl.training.init_opt_state(cfg, stage, trainable)
+    step = sl.training.compiled_train_step(cfg, stage, cfg.horizon)
+    hyper = dict(sl.training.loss_weights(cfg), lr_scale=jnp.asarray(1.0))
+    stage_key = jax.random.fold_in(jax.random.key(cfg.seed), 0)
+    new, _, loss, _, ok = step(trainable, opt, static, ks_data, jax.random.fold_in(stage_key, 0),
+                               hyper)  # fmt: skip
+    res = sl.fit(model, ks_data, cfg, progress=False)
+    assert bool(ok) and float(loss) == res.history["loss"][0]
+    got = jax.tree_util.tree_leaves(sl.training.combine_trainable(new, static))
+    want = jax.tree_util.tree_leaves(res.model)
+    for x, y in zip(got, want, strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_bench_uses_public_names_only():
+    """The benchmark suite drives training through its public API and does not depend on
+    a study module (experiments/ changes independently)."""
+    import ast
+    from pathlib import Path
+
+    tree = ast.parse((Path(sl.__file__).parent / "_bench.py").read_text())
+    bad = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level >= 1:
+            parts = (node.module or "").split(".")
+            private = [a.name for a in node.names if a.name.startswith("_") and a.name[1] != "_"]
+            if any(p.startswith("_") for p in parts) or private or "experiments" in parts:
+                bad.append(f"line {node.lineno}: from {'.' * node.level}{node.module or ''}")
+    assert bad == []

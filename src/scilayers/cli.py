@@ -1,19 +1,17 @@
 """The `scilayers` command line: ``run | report | data | bench | list``.
 
 Every command has ``--help``; bad input exits with code 2 and a one-line reason on stderr.
-Studies live in ``scilayers.experiments.<name>`` (a module with ``main(preset=, seeds=,
-out=, data_dir=)``), reports in ``scilayers.report.build_report(dir)``; the commands here
-find them at call time and say so plainly when one is not there yet.
+Studies come from one registry (`scilayers.experiments.STUDIES`): every registered study
+gets ``run NAME`` and ``data NAME``, and ``run all`` runs them all; nothing here names a
+study.
 """
 
 from __future__ import annotations
 
 import importlib
-import inspect
 import os
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
@@ -33,28 +31,6 @@ run_app = typer.Typer(
 )
 app.add_typer(data_app, name="data")
 app.add_typer(run_app, name="run")
-
-
-@dataclass(frozen=True)
-class Experiment:
-    """A study the CLI knows: its module, presets and a one-line description."""
-
-    name: str
-    title: str
-    module: str
-    presets: tuple[str, ...] = ("quick", "full")
-    description: str = ""
-
-
-EXPERIMENTS: dict[str, Experiment] = {
-    "ks": Experiment(
-        "ks",
-        "KS",
-        "scilayers.experiments.ks",
-        description="Kuramoto–Sivashinsky: learn θ_s (a, b, c, d) jointly with a closure",
-    ),
-}
-DATA_GENERATORS = {"ks": "Kuramoto–Sivashinsky truth (`scilayers data ks`)"}
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -145,139 +121,105 @@ def _data():
     """Generate synthetic truth data sets (netCDF, seeded, with train/val/test splits)."""
 
 
-@data_app.command("ks")
-def data_ks(
-    out: Path = typer.Option(..., "--out", "-o", help="netCDF file to write (atomically)."),
-    trajectories: int = typer.Option(1000, help="In-domain trajectories."),
-    steps: int = typer.Option(1000, help="Saved steps after the burn-in (steps+1 states)."),
-    n: int = typer.Option(64, "--n", help="Grid points (even)."),
-    length: float = typer.Option(22.0, help="Domain length L."),
-    seed: int = typer.Option(0, help="Seed of the initial conditions and the splits."),
-    a: float = typer.Option(1.0, help="θ_s: anti-diffusion coefficient (> 0)."),
-    b: float = typer.Option(1.0, help="θ_s: hyper-diffusion coefficient (> 0)."),
-    c: float = typer.Option(1.0, help="θ_s: convection coefficient."),
-    d: float = typer.Option(0.0, help="θ_s: dispersion coefficient."),
-    dt_save: float = typer.Option(0.25, help="Time between saved states."),
-    substeps: int = typer.Option(5, help="ETDRK4 steps per saved step (dt = dt_save/substeps)."),
-    burn_in: float = typer.Option(100.0, help="Discarded spin-up time (a multiple of dt)."),
-    batch_size: int = typer.Option(250, help="Trajectories per compiled batch."),
-    ood_fraction: float = typer.Option(0.1, help="OOD trajectories as a fraction (0: none)."),
-    ood_length_factor: float = typer.Option(
-        2.0, help="OOD domain = length x factor, at the same dx."
-    ),
-    figures: Path | None = typer.Option(
-        None, help="Also write space–time plots (PNG) of a few trajectories to this folder."
-    ),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
-):
-    """Kuramoto–Sivashinsky truth: u(trajectory, time, x), splits and an OOD group."""
-    from .data import KSDataConfig
+def _study_class(name: str):
+    from .experiments import get_study
 
-    for name, value in (
-        ("--trajectories", trajectories),
-        ("--steps", steps),
-        ("--substeps", substeps),
-        ("--batch-size", batch_size),
+    try:
+        return get_study(name)
+    except ValueError as e:
+        fail(str(e))
+
+
+def _make_data_command(name: str):
+    def command(
+        out: Path = typer.Option(..., "--out", "-o", help="netCDF file to write (atomically)."),
+        preset: str = typer.Option("quick", help="The study preset whose truth to write."),
+        trajectories: int | None = typer.Option(None, help="In-domain trajectories."),
+        seed: int | None = typer.Option(None, help="Seed of the initial states and splits."),
+        progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar."),
     ):
-        if value < 1:
-            fail(f"{name} must be >= 1, got {value}")
-    if seed < 0:
-        fail(f"--seed must be >= 0, got {seed}")
-    if n < 4 or n % 2:
-        fail(f"--n must be an even integer >= 4, got {n}")
-    try:
-        config = KSDataConfig(
-            trajectories=trajectories, steps=steps, n=n, length=length, a=a, b=b, c=c, d=d,
-            dt_save=dt_save, substeps=substeps, burn_in=burn_in, batch_size=batch_size,
-            seed=seed, ood_fraction=ood_fraction, ood_length_factor=ood_length_factor,
-        )  # fmt: skip
-    except ValueError as e:
-        fail(str(e))
-    _check_writable_file(out)
-    if figures is not None:
-        _check_writable_dir(figures, "--figures")
+        cls = _study_class(name)
+        if preset not in cls.presets:
+            fail(f"unknown preset {preset!r} for {name}; choose one of {', '.join(cls.presets)}")
+        if trajectories is not None and trajectories < 1:
+            fail(f"--trajectories must be >= 1, got {trajectories}")
+        if seed is not None and seed < 0:
+            fail(f"--seed must be >= 0, got {seed}")
+        _check_writable_file(out)
+        t0 = time.perf_counter()
+        try:
+            summary = cls(cls.presets[preset]).write_data(
+                out, progress, trajectories=trajectories, seed=seed
+            )
+        except (ValueError, NotImplementedError, OSError) as e:
+            fail(str(e))
+        size = out.stat().st_size
+        typer.echo(f"wrote {out}: {summary}, {_human_bytes(size)} ({size} bytes)")
+        typer.echo(f"wall time {time.perf_counter() - t0:.1f} s")
 
-    from .data import generate_ks, plot_spacetime, save_dataset
-
-    t0 = time.perf_counter()
-    try:
-        ds = generate_ks(config, progress=progress)
-    except ValueError as e:
-        fail(str(e))
-    t_gen = time.perf_counter() - t0
-    try:
-        save_dataset(ds, out)
-    except (ValueError, OSError) as e:
-        fail(f"cannot write {out}: {e}")
-    wall = time.perf_counter() - t0
-    size = out.stat().st_size
-    typer.echo(
-        f"wrote {out}: {config.trajectories} trajectories x {config.steps + 1} states x {config.n}"
-        f" points (+{config.ood_trajectories} OOD on {config.ood_n}), "
-        f"{_human_bytes(size)} ({size} bytes)"
-    )
-    steady, steady_ood = ds.attrs["steady_trajectories"], ds.attrs["ood_steady_trajectories"]
-    if steady > 0 or steady_ood > 0:
-        typer.echo(
-            f"note: {steady} in-domain and {steady_ood} OOD trajectories settled on steady "
-            "states (equilibria or travelling waves), not chaos; see attrs['steady_rule']"
-        )
-    if figures is not None:
-        paths = [plot_spacetime(ds, figures / "ks_spacetime.png")]
-        if "u_ood" in ds:
-            paths.append(plot_spacetime(ds, figures / "ks_ood_spacetime.png", variable="u_ood"))
-        typer.echo("figures: " + ", ".join(str(p) for p in paths))
-    typer.echo(f"wall time {wall:.1f} s (generation {t_gen:.1f} s)")
+    command.__doc__ = f"Write the {name} study's truth (netCDF, seeded, with its splits)."
+    return command
 
 
 # -------------------------------------------------------------------------------- run
-def _make_run_command(exp: Experiment):
+def _run_one(name: str, preset: str, seeds: int | None, out: Path | None,
+             data_dir: Path | None, resume: bool, progress: bool) -> Path:  # fmt: skip
+    from .experiments import main
+
+    cls = _study_class(name)
+    if preset not in cls.presets:
+        fail(f"unknown preset {preset!r} for {name}; choose one of {', '.join(cls.presets)}")
+    if seeds is not None and seeds < 1:
+        fail(f"--seeds must be >= 1, got {seeds}")
+    out_dir = out if out is not None else Path("runs") / f"{name}-{preset}"
+    if out_dir.exists() and not out_dir.is_dir():
+        fail(f"--out {out_dir} is a file; pass a folder")
+    _check_writable_dir(out_dir)
+    t0 = time.perf_counter()
+    try:
+        results = main(name, preset, seeds=seeds or 3, out=out_dir,
+                       data_dir=_resolve_data_dir(data_dir), resume=resume,
+                       progress=progress)  # fmt: skip
+    except (ValueError, FileNotFoundError) as e:
+        fail(str(e))
+    _print_summary(out_dir, results, time.perf_counter() - t0)
+    return out_dir
+
+
+def _print_summary(out_dir: Path, results: dict, wall: float) -> None:
+    """The main table (MSE per evaluation set and method) and where the report is."""
+    sets = results.get("eval_sets", ["id", "ood"])
+    typer.echo("")
+    typer.echo(f"{'method':26s}" + "".join(f"{s.upper() + ' MSE':>14s}" for s in sets))
+    for name, entry in results["methods"].items():
+        cells = []
+        for s in sets:
+            mean = entry.get(f"{s}_mse", {}).get("mean")
+            cells.append(f"{mean:14.4g}" if mean is not None else f"{'—':>14s}")
+        typer.echo(f"{name:26s}" + "".join(cells))
+    failed = [t["name"] for t in results.get("targets", []) if t.get("pass") is False]
+    typer.echo(f"targets: {len(results.get('targets', [])) - len(failed)} met"
+               + (f", not met: {'; '.join(failed)}" if failed else ""))  # fmt: skip
+    typer.echo(f"wall time {wall / 60:.1f} min; report: {out_dir / 'report.md'}")
+
+
+def _make_run_command(name: str):
     def command(
-        preset: str = typer.Option(
-            exp.presets[0], help=f"Study size: one of {', '.join(exp.presets)}."
-        ),
-        seeds: int | None = typer.Option(None, help="Number of seeds (default: the preset's)."),
+        preset: str = typer.Option("quick", help="Study size (see `scilayers list`)."),
+        seeds: int | None = typer.Option(None, help="Number of seeds (default 3)."),
         out: Path | None = typer.Option(
-            None, "--out", "-o", help=f"Output folder (default runs/{exp.name}-PRESET)."
+            None, "--out", "-o", help=f"Output folder (default runs/{name}-PRESET)."
         ),
         data_dir: Path | None = typer.Option(
             None, help="Folder of real data (default: $SCILAYERS_DATA_DIR)."
         ),
         resume: bool = typer.Option(
-            False, "--resume", help="Continue from the checkpoints in OUT (if supported)."
+            False, "--resume", help="Continue from the finished runs and checkpoints in OUT."
         ),
+        progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bars."),
     ):
-        module = _optional_module(exp.module)
-        if module is None:
-            fail(f"the {exp.title} study is not available yet ({exp.module} is missing)")
-        presets = tuple(getattr(module, "PRESETS", exp.presets))
-        if preset not in presets:
-            fail(f"unknown preset {preset!r} for {exp.name}; choose one of {', '.join(presets)}")
-        if seeds is not None and seeds < 1:
-            fail(f"--seeds must be >= 1, got {seeds}")
-        out_dir = out if out is not None else Path("runs") / f"{exp.name}-{preset}"
-        if out_dir.exists() and not out_dir.is_dir():
-            fail(f"--out {out_dir} is a file; pass a folder")
-        _check_writable_dir(out_dir)
-        main = getattr(module, "main", None)
-        if main is None:
-            fail(f"{exp.module} has no main(); the {exp.title} study is not available yet")
-        kwargs = {"preset": preset, "seeds": seeds, "out": out_dir, "data_dir": None}
-        kwargs["data_dir"] = _resolve_data_dir(data_dir)
-        params = inspect.signature(main).parameters
-        if resume:
-            if "resume" not in params:
-                fail(f"the {exp.title} study does not support --resume")
-            kwargs["resume"] = True
-        # leave out None values for which main() has its own default
-        kwargs = {
-            k: v
-            for k, v in kwargs.items()
-            if not (v is None and k in params and params[k].default is not inspect.Parameter.empty)
-        }
-        main(**kwargs)
+        _run_one(name, preset, seeds, out, data_dir, resume, progress)
 
-    command.__doc__ = f"{exp.description or exp.title}. Writes OUT/results.json, report, figures."
     return command
 
 
@@ -286,8 +228,31 @@ def _run():
     """Run a study: every method over seeds; writes DIR/results.json, report.md, figures/."""
 
 
-for _exp in EXPERIMENTS.values():
-    run_app.command(_exp.name)(_make_run_command(_exp))
+def _register() -> None:
+    """One command per registered study under `run` and `data`, and `run all`."""
+    from .experiments import STUDIES
+
+    for name in STUDIES:
+        run_app.command(name, help=f"Run the {name} study; writes OUT/results.json, report.md.")(
+            _make_run_command(name)
+        )
+        data_app.command(name, help=f"Write the {name} study's truth.")(_make_data_command(name))
+
+    @run_app.command("all")
+    def run_all(
+        preset: str = typer.Option("quick", help="Preset of every study."),
+        seeds: int | None = typer.Option(None, help="Number of seeds (default 3)."),
+        out: Path = typer.Option(Path("runs"), "--out", "-o", help="Parent folder."),
+        data_dir: Path | None = typer.Option(None, help="Folder of real data."),
+        resume: bool = typer.Option(False, "--resume", help="Continue finished runs."),
+        progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bars."),
+    ):
+        """Run every registered study at PRESET (into OUT/NAME-PRESET)."""
+        for name in STUDIES:
+            _run_one(name, preset, seeds, out / f"{name}-{preset}", data_dir, resume, progress)
+
+
+_register()
 
 
 # ----------------------------------------------------------------------------- report
@@ -301,13 +266,16 @@ def report(
     if not (directory / "results.json").is_file():
         fail(
             f"{directory / 'results.json'} not found; "
-            f"run `scilayers run ks --out {directory}` first"
+            f"run `scilayers run STUDY --out {directory}` first"
         )
     module = _optional_module("scilayers.report")
     build = getattr(module, "build_report", None) if module is not None else None
     if build is None:
         fail("the report builder is not available yet (scilayers.report.build_report is missing)")
-    result = build(directory)
+    try:
+        result = build(directory)
+    except (ValueError, FileNotFoundError) as e:
+        fail(str(e))
     if result is not None:
         typer.echo(f"wrote {result}")
 
@@ -333,29 +301,19 @@ def bench(
 # ------------------------------------------------------------------------------- list
 @app.command("list")
 def list_() -> None:
-    """List the studies (with presets and availability) and the data generators."""
+    """List the registered studies, their presets and what each compares."""
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title="studies (`scilayers run NAME --preset P`)")
-    for col in ("name", "presets", "available", "description"):
+    from .experiments import STUDIES, get_study
+
+    table = Table(title="studies (`scilayers run NAME --preset P`, `scilayers data NAME`)")
+    for col in ("name", "presets", "description"):
         table.add_column(col)
-    for exp in EXPERIMENTS.values():
-        available = _optional_module(exp.module) is not None
-        table.add_row(
-            exp.name,
-            ", ".join(exp.presets),
-            "yes" if available else "not yet",
-            exp.description,
-        )
-    console = Console()
-    console.print(table)
-    data = Table(title="data generators (`scilayers data NAME`)")
-    data.add_column("name")
-    data.add_column("description")
-    for name, desc in DATA_GENERATORS.items():
-        data.add_row(name, desc)
-    console.print(data)
+    for name in STUDIES:
+        cls = get_study(name)
+        table.add_row(name, ", ".join(cls.presets), cls.description)
+    Console().print(table)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -8,4 +8,5 @@ from ._methods import sequential_hybrid as sequential_hybrid
 from ._pinn import PINN as PINN
 from ._pinn import PINNConfig as PINNConfig
 from ._pinn import fit_pinn as fit_pinn
-from ._pinn import ks_residual as ks_residual
+from ._pinn import pinn_applicable as pinn_applicable
+from ._pinn import pointwise_residual as pointwise_residual

@@ -1,3 +1,55 @@
-"""Studies: one module per experiment, each with typed presets and a `main` runner."""
+"""Studies: each one implementation of the study protocol (`AbstractStudy`), run by one
+engine (`run_study`). Adding a study is one module and one line in `STUDIES`."""
 
-EXPERIMENTS = {"ks": "Kuramoto–Sivashinsky: hybrid ETDRK4 + closure vs baselines"}
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+from ._engine import run_study as run_study
+from ._study import AbstractStudy as AbstractStudy
+from ._study import EvalSet as EvalSet
+from ._study import Problem as Problem
+from ._study import StudyConfig as StudyConfig
+
+#: The registry: study name → ``"module:Class"`` (imported when used).
+STUDIES: dict[str, str] = {
+    "ks": "scilayers.experiments.ks:KSStudy",
+    "burgers": "scilayers.experiments.burgers:BurgersStudy",
+}
+
+
+def get_study(name: str) -> type[AbstractStudy]:
+    """The study class registered as ``name``."""
+    if name not in STUDIES:
+        raise ValueError(f"unknown study {name!r}; choose one of {', '.join(STUDIES)}.")
+    module, cls = STUDIES[name].split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def main(
+    study: str,
+    preset: str = "quick",
+    seeds: int = 3,
+    out: str | Path | None = None,
+    data_dir: str | Path | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    log=print,
+) -> dict:
+    """Run the study ``study`` at ``preset`` over ``seeds`` seeds, write ``out`` and the
+    report (what ``scilayers run STUDY`` does)."""
+    cls = get_study(study)
+    if preset not in cls.presets:
+        raise ValueError(f"unknown preset {preset!r} for {study}; choose one of "
+                         f"{', '.join(cls.presets)}.")  # fmt: skip
+    if seeds < 1:
+        raise ValueError(f"seeds must be >= 1, got {seeds}.")
+    out = Path(out) if out is not None else Path("runs") / f"{study}-{preset}"
+    instance = cls(cls.presets[preset], data_dir=None if data_dir is None else Path(data_dir))
+    results = run_study(instance, list(range(seeds)), out, resume=resume, progress=progress,
+                        log=log)  # fmt: skip
+    from ..report import build_report
+
+    build_report(out)
+    return results

@@ -6,9 +6,22 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from ..hybrid import Hybrid, physics_of
+from ..models import AbstractModel
 from ..params import log_prior
 from ..solvers import rollout
+
+
+def physics_of(step) -> tuple[AbstractModel | None, float | None]:
+    """The scientific model and time step inside ``step``, or ``(None, None)`` for a step
+    with no physics (a pure network).
+
+    Duck-typed, so that losses need not know the composition layer: anything with a
+    ``model`` that has a ``residual`` and a ``dt`` qualifies (every stepper, `Repeated`, and
+    `Hybrid`, whose ``model`` is its physics model)."""
+    model, dt = getattr(step, "model", None), getattr(step, "dt", None)
+    if model is None or dt is None or not callable(getattr(model, "residual", None)):
+        return None, None
+    return model, dt
 
 
 def mse(pred: Array, target: Array) -> Array:
@@ -52,9 +65,12 @@ def prior_loss(step) -> Array:
 
 
 def closure_magnitude(step, states: Float[Array, " batch *state"]) -> Array:
-    """Mean squared network term of a closure/residual `Hybrid` on ``states`` (0 otherwise).
+    """Mean squared network term of a closure/residual hybrid on ``states`` (0 otherwise).
 
-    Penalising it keeps the network from absorbing what θ_s should explain."""
-    if not isinstance(step, Hybrid) or step.coupling == "parameter":
+    Duck-typed: ``step.network_term(u)`` (what the network adds at ``u``) is used when
+    ``step`` has one and its ``coupling`` is not ``"parameter"``. Penalising it keeps the
+    network from absorbing what θ_s should explain."""
+    term = getattr(step, "network_term", None)
+    if term is None or getattr(step, "coupling", None) == "parameter":
         return jnp.zeros(())
-    return jnp.mean(jax.vmap(step.network_term)(states) ** 2)
+    return jnp.mean(jax.vmap(term)(states) ** 2)

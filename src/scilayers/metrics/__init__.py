@@ -9,3 +9,4 @@ from ._metrics import physics_residual as physics_residual
 from ._metrics import relative_error as relative_error
 from ._metrics import rollout_mse as rollout_mse
 from ._metrics import summary as summary
+from ._lyapunov import lyapunov_exponent as lyapunov_exponent

@@ -109,6 +109,29 @@ class AbstractSpectralModel(AbstractModel):
         ik = 1j * self.wavenumbers()
         return jnp.fft.irfft(ik**order * jnp.fft.rfft(u), self.n)
 
+    def pde_residual(self, derivs) -> Float[Array, ""]:
+        r"""The pointwise residual ``u_t - f(u, u_x, u_xx, u_xxx, u_xxxx)`` at one point.
+
+        Used by mesh-free methods (the PINN baseline) that differentiate a continuous
+        field ``u(x, t)`` themselves; θ_s is read from the model's `Param`s, so gradients
+        reach it. Zero for an exact solution.
+
+        **Arguments:**
+
+        - `derivs`: ``(u, u_x, u_xx, u_xxx, u_xxxx, u_t)`` at one point, as a tuple of
+          scalars or an array of shape ``(6,)``.
+
+        **Returns:** the scalar residual.
+
+        The base implementation raises `NotImplementedError`; a model overrides it to
+        become usable by `scilayers.baselines.fit_pinn` (see
+        `scilayers.baselines.pinn_applicable`).
+        """
+        raise NotImplementedError(
+            f"model {type(self).__name__} has no pointwise residual; implement "
+            "pde_residual to use the PINN baseline."
+        )
+
     def initial_condition(self, key: PRNGKeyArray, modes: int = 6, amplitude: float = 1.0):
         """A random smooth zero-mean field: the lowest ``modes`` Fourier modes with random
         Gaussian coefficients decaying as ``1/j``, scaled to RMS ``amplitude``."""
@@ -118,6 +141,25 @@ class AbstractSpectralModel(AbstractModel):
         u_hat = jnp.zeros(self.n // 2 + 1, dtype=coef.dtype).at[1 : modes + 1].set(coef)
         u = jnp.fft.irfft(u_hat, self.n)
         return amplitude * u / jnp.sqrt(jnp.mean(u**2))
+
+
+def _point_derivatives(derivs, where: str) -> tuple[Array, ...]:
+    """Unpack ``(u, u_x, u_xx, u_xxx, u_xxxx, u_t)`` for `pde_residual`, checking the shape."""
+    if isinstance(derivs, tuple | list):
+        parts = tuple(jnp.asarray(v) for v in derivs)
+        ok = len(parts) == 6 and all(v.shape == () for v in parts)
+        got = f"{len(parts)} entries of shapes {[v.shape for v in parts]}"
+    else:
+        derivs = jnp.asarray(derivs)
+        ok = derivs.shape == (6,)
+        parts = tuple(derivs) if ok else ()
+        got = f"an array of shape {derivs.shape}"
+    if not ok:
+        raise ValueError(
+            f"{where} expects (u, u_x, u_xx, u_xxx, u_xxxx, u_t) at one point (6 scalars or "
+            f"shape (6,)), got {got}; for many points use jax.vmap."
+        )
+    return parts
 
 
 def _param(x, constraint=None, **kw) -> Param:

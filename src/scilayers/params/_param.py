@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import equinox as eqx
@@ -209,16 +208,20 @@ def _params(model) -> list[Param]:
     return [x for x in jtu.tree_leaves(model, is_leaf=is_param) if is_param(x)]
 
 
+def _refixed(p: Param, fixed: bool) -> Param:
+    """``p`` rebuilt with ``fixed`` and its ``raw`` kept bit for bit.
+
+    The constructor takes a physical value and validates it; going through ``p.value``
+    would fail for a saturated raw (a `Bounded` raw of 40 resolves to exactly ``hi``). So
+    the new Param is built at the constraint's centre (``forward(0)``, always inside it)
+    and its ``raw`` then replaced.
+    """
+    centre = p.constraint.forward(jnp.zeros_like(p.raw))
+    q = Param(centre, p.constraint, units=p.units, prior=p.prior, fixed=fixed, name=p.name)
+    return eqx.tree_at(lambda q: q.raw, q, p.raw)
+
+
 def fix(model: PyTree, fixed: bool = True) -> PyTree:
-    """A copy of ``model`` in which every `Param` is fixed (or freed, with ``fixed=False``)."""
-
-    def f(x):
-        if is_param(x):
-            # A shallow copy keeps ``raw`` bit-for-bit; going through the physical value
-            # would fail for a saturated value (e.g. a Bounded raw of 40 resolves to hi).
-            y = copy.copy(x)
-            object.__setattr__(y, "fixed", fixed)
-            return y
-        return x
-
-    return jtu.tree_map(f, model, is_leaf=is_param)
+    """A copy of ``model`` in which every `Param` is fixed (or freed, with ``fixed=False``);
+    raw values are kept bit for bit."""
+    return jtu.tree_map(lambda x: _refixed(x, fixed) if is_param(x) else x, model, is_leaf=is_param)

@@ -16,13 +16,12 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib import colormaps
-from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from ._format import fmt_number
 from ._load import ARRAYS_FILE, Entry, Results
-from ._tables import theta_rel_error
+from ._tables import set_header, theta_rel_error
 
 DPI = 100
 _SPLIT_NAMES = {"id": "in-domain", "ood": "out-of-domain"}
@@ -60,7 +59,19 @@ def method_colours(names: Sequence[str]) -> dict[str, tuple[float, ...]]:
 
 
 def _split_title(split: str) -> str:
-    return _SPLIT_NAMES.get(split, split)
+    """``id`` → in-domain, ``ood`` → out-of-domain, ``ood_f16`` → out-of-domain (f16)."""
+    if split in _SPLIT_NAMES:
+        return _SPLIT_NAMES[split]
+    head, _, rest = split.partition("_")
+    if head in _SPLIT_NAMES and rest:
+        return f"{_SPLIT_NAMES[head]} ({rest.replace('_', ' ')})"
+    return split
+
+
+def _line_style(results: Results, name: str) -> str:
+    """Reference forecasts are dashed, methods solid."""
+    entry = results.methods.get(name)
+    return "--" if entry is not None and entry.reference else "-"
 
 
 def _dt(results: Results, arrays: Arrays | None) -> float | None:
@@ -87,133 +98,6 @@ def _label(entry: Entry | None, name: str, width: int = 18) -> str:
 
 def _wrap(text: str, width: int) -> str:
     return textwrap.fill(text, width, break_long_words=False, break_on_hyphens=False)
-
-
-# --- space–time ------------------------------------------------------------------------
-
-
-def spacetime(results: Results, arrays: Arrays | None, split: str, path: Path) -> FigureOutcome:
-    """Truth and every method's rollout on one test trajectory (top), absolute error
-    (bottom); x across, time up, one colour scale per row."""
-    title = f"Space–time, {_split_title(split)} test trajectory"
-    outcome = FigureOutcome(path.name, title)
-    truth_key = f"spacetime_truth_{split}"
-    if arrays is None:
-        return _skip(outcome, f"there is no `{ARRAYS_FILE}`")
-    if truth_key not in arrays:
-        return _skip(outcome, f"`{ARRAYS_FILE}` has no `{truth_key}`")
-    truth = _finite(np.asarray(arrays[truth_key], dtype=float))
-    if truth.ndim != 2 or not np.isfinite(truth).any():
-        return _skip(outcome, f"`{truth_key}` should be a finite (T, n) array, got {truth.shape}")
-    n_t, n_x = truth.shape
-
-    names = list(results.methods)
-    prefix, suffix = "spacetime_", f"_{split}"
-    names += [
-        k[len(prefix) : -len(suffix)]
-        for k in arrays
-        if k.startswith(prefix) and k.endswith(suffix) and k != truth_key
-    ]
-    remarks: list[str] = []
-    panels: list[tuple[str, np.ndarray]] = []
-    for name in dict.fromkeys(names):
-        key = f"{prefix}{name}{suffix}"
-        if key not in arrays:
-            continue
-        field_ = _finite(np.asarray(arrays[key], dtype=float))
-        if field_.ndim != 2 or field_.shape[1] != n_x:
-            remarks.append(f"`{key}` has shape {field_.shape}, not (T, {n_x}); left out.")
-            continue
-        panels.append((name, field_))
-
-    dt = _dt(results, arrays)
-    t = np.arange(n_t) * (dt if dt is not None else 1.0)
-    x = np.asarray(arrays.get(f"x_{split}", np.arange(n_x)), dtype=float).reshape(-1)
-    if x.size != n_x:
-        x = np.arange(n_x, dtype=float)
-    x_lo, x_hi = _edges(x)
-    step_t = t[1] - t[0] if n_t > 1 else 1.0
-
-    lo, hi = float(np.nanmin(truth)), float(np.nanmax(truth))
-    if lo < 0.0 < hi:
-        vmax = max(-lo, hi)
-        field_kw = {"cmap": _with_grey_nan("RdBu_r"), "vmin": -vmax, "vmax": vmax}
-    else:
-        field_kw = {
-            "cmap": _with_grey_nan("viridis"),
-            "vmin": lo,
-            "vmax": hi if hi > lo else lo + 1.0,
-        }
-    errors = []
-    for _, f in panels:
-        m = min(n_t, f.shape[0])
-        errors.append(np.abs(f[:m] - truth[:m]))
-    spread = (hi - lo) or 1.0
-    tops = [np.percentile(e[np.isfinite(e)], 99) for e in errors if np.isfinite(e).any()]
-    err_max = min(max(tops), spread) if tops else spread
-    err_kw = {
-        "cmap": _with_grey_nan("magma"),
-        "vmin": 0.0,
-        "vmax": err_max if err_max > 0 else spread,
-    }
-
-    ncols = 1 + len(panels)
-    nrows = 2 if panels else 1
-    fig = _new_figure(1.75 * ncols + 1.3, 3.1 * nrows + 0.5)
-    axes = np.asarray(fig.subplots(nrows, ncols, squeeze=False, sharex=True, sharey=True))
-
-    def show(ax: Axes, data: np.ndarray, kw: dict) -> object:
-        top = t[0] + (data.shape[0] - 0.5) * step_t
-        extent = (x_lo, x_hi, t[0] - step_t / 2, top)
-        return ax.imshow(
-            data, origin="lower", aspect="auto", extent=extent, interpolation="nearest", **kw
-        )
-
-    field_image = show(axes[0, 0], truth, field_kw)
-    axes[0, 0].set_title("truth", fontsize=9)
-    for j, (name, data) in enumerate(panels, start=1):
-        show(axes[0, j], data, field_kw)
-        axes[0, j].set_title(_label(results.methods.get(name), name), fontsize=8)
-    fig.colorbar(field_image, ax=axes[0, :].tolist(), shrink=0.9, pad=0.01, label="u")
-    if panels:
-        axes[1, 0].set_axis_off()
-        axes[1, 0].text(
-            0.5,
-            0.5,
-            "absolute error\n|method − truth|\n→",
-            ha="center",
-            va="center",
-            fontsize=9,
-            transform=axes[1, 0].transAxes,
-        )
-        err_image = None
-        for j, err in enumerate(errors, start=1):
-            err_image = show(axes[1, j], err, err_kw)
-            finite = err[np.isfinite(err)]
-            with np.errstate(over="ignore"):
-                mse = float(np.mean(finite**2)) if finite.size == err.size else math.inf
-            panel_title = f"MSE {fmt_number(mse)}"
-            if err.shape[0] < n_t:  # a shorter rollout: say over which window
-                panel_title += f" (to t = {fmt_number(t[err.shape[0] - 1])})"
-            axes[1, j].set_title(panel_title, fontsize=8)
-        fig.colorbar(err_image, ax=axes[1, :].tolist(), shrink=0.9, pad=0.01, label="|error|")
-    time_label = "t" if dt is not None else "step"
-    axes[0, 0].set_ylabel(time_label)
-    for ax in axes[-1, :]:
-        ax.set_xlabel("x")
-    if panels:
-        axes[1, 1].set_ylabel(time_label)
-    for ax in axes.flat:
-        ax.tick_params(labelsize=7)
-    fig.suptitle(f"{results.experiment}: {title.lower()}", fontsize=10)
-    _save(fig, path)
-    caption = (
-        f"{title}: the truth and each method's rollout from the same initial state (top row, "
-        "shared colour scale), and the absolute error (bottom row, shared scale capped at the "
-        "99th percentile); the MSE over the whole window is above each error panel, and grey "
-        "marks non-finite values (a rollout that blew up)."
-    )
-    return FigureOutcome(path.name, title, caption, remarks=tuple(remarks))
 
 
 def _with_grey_nan(name: str):
@@ -250,7 +134,7 @@ def error_growth(results: Results, arrays: Arrays | None, path: Path) -> FigureO
     title = "Error growth with forecast horizon"
     outcome = FigureOutcome(path.name, title)
     splits = list(
-        dict.fromkeys(["id", "ood"] + [s for e in results.methods.values() for s in e.horizon])
+        dict.fromkeys([*results.sets, *(s for e in results.methods.values() for s in e.horizon)])
     )
     splits = [s for s in splits if any(s in e.horizon for e in results.methods.values())]
     if not splits:
@@ -273,7 +157,8 @@ def error_growth(results: Results, arrays: Arrays | None, path: Path) -> FigureO
             positive = True
             x, mean = curve.steps[ok] * scale, curve.mean[ok]
             lower, upper = _log_band(mean, curve.std[ok])
-            (line,) = ax.plot(x, mean, "o-", ms=3, lw=1.4, color=colours[name])
+            style = "o" + _line_style(results, name)
+            (line,) = ax.plot(x, mean, style, ms=3, lw=1.4, color=colours[name])
             ax.fill_between(x, lower, upper, color=colours[name], alpha=0.15, lw=0)
             handles.setdefault(name, line)
         if positive:
@@ -284,6 +169,13 @@ def error_growth(results: Results, arrays: Arrays | None, path: Path) -> FigureO
             ax.axvline(results.main_horizon_steps * scale, color="0.4", ls=":", lw=1)
         ax.set_title(_split_title(split), fontsize=10)
         ax.set_xlabel("forecast horizon (time units)" if dt is not None else "forecast steps")
+        lyap = None if results.truth is None else results.truth.lyapunov_time.get(split)
+        if dt is not None and lyap is not None and math.isfinite(lyap) and lyap > 0:
+            top = ax.secondary_xaxis(
+                "top", functions=(lambda t, T=lyap: t / T, lambda n, T=lyap: n * T)
+            )
+            top.set_xlabel("Lyapunov times", fontsize=8)
+            top.tick_params(labelsize=7)
         ax.grid(True, which="major", alpha=0.3)
     axes[0].set_ylabel("MSE")
     if handles:
@@ -294,7 +186,9 @@ def error_growth(results: Results, arrays: Arrays | None, path: Path) -> FigureO
     _save(fig, path)
     caption = (
         f"{title}: test MSE against lead time, mean over seeds with ± std shading; the dotted "
-        "line marks the main horizon used in the tables."
+        "line marks the main horizon used in the tables"
+        + ("; reference forecasts are dashed" if results.references else "")
+        + "."
     )
     return FigureOutcome(path.name, title, caption)
 
@@ -307,15 +201,14 @@ def theta_trajectories(results: Results, arrays: Arrays | None, path: Path) -> F
     min–max band, and the truth dashed."""
     title = "θ_s during training"
     outcome = FigureOutcome(path.name, title)
-    if arrays is None:
-        return _skip(outcome, f"there is no `{ARRAYS_FILE}`")
-    histories: dict[str, dict[str, np.ndarray]] = {}
-    for key, value in arrays.items():
-        parts = key.split("__", 2)
-        if len(parts) == 3 and parts[0] == "theta" and parts[1] and parts[2]:
-            histories.setdefault(parts[2], {})[parts[1]] = np.asarray(value, dtype=float)
+    histories = _theta_histories(results, arrays)
     if not histories:
-        return _skip(outcome, f"`{ARRAYS_FILE}` has no `theta__<method>__<param>` histories")
+        where = (
+            f"there is no `{ARRAYS_FILE}`"
+            if arrays is None
+            else f"`{ARRAYS_FILE}` has no `theta__<method>__<param>` histories"
+        )
+        return _skip(outcome, f"no method has `theta_history` in results.json and {where}")
     param_order = [p for e in results.methods.values() for p in e.theta] + sorted(histories)
     params = [p for p in dict.fromkeys(param_order) if p in histories]
     method_order = list(
@@ -336,6 +229,8 @@ def theta_trajectories(results: Results, arrays: Arrays | None, path: Path) -> F
             history = np.atleast_2d(_finite(histories[param][name]))
             if history.ndim != 2:
                 remarks.append(f"`theta__{name}__{param}` is not (seeds, steps); left out.")
+                continue
+            if history.shape[1] == 0:
                 continue
             ok = np.isfinite(history).any(axis=0)
             if not ok.any():
@@ -371,19 +266,52 @@ def theta_trajectories(results: Results, arrays: Arrays | None, path: Path) -> F
     return FigureOutcome(path.name, title, caption, remarks=tuple(remarks))
 
 
-def _theta_true(results: Results, arrays: Arrays, param: str) -> float | None:
-    key = f"theta_true__{param}"
-    if key in arrays and np.size(arrays[key]) == 1:
-        return float(np.asarray(arrays[key]).reshape(()))
+def _pad(seeds: Sequence[np.ndarray]) -> np.ndarray:
+    """Per-seed histories of different lengths (early stopping) as (seeds, steps), NaN
+    after a seed's last step."""
+    longest = max((h.size for h in seeds), default=0)
+    out = np.full((len(seeds), longest), np.nan)
+    for i, h in enumerate(seeds):
+        out[i, : h.size] = h
+    return out
+
+
+def _theta_histories(results: Results, arrays: Arrays | None) -> dict[str, dict[str, np.ndarray]]:
+    """``{param: {method: (seeds, steps)}}`` from results.json's ``theta_history``, else
+    from the ``theta__{method}__{param}`` arrays of older runs."""
+    histories: dict[str, dict[str, np.ndarray]] = {}
+    for name, entry in results.methods.items():
+        for param, seeds in entry.theta_history.items():
+            if seeds:
+                histories.setdefault(param, {})[name] = _pad(seeds)
+    for key, value in (arrays or {}).items():
+        parts = key.split("__", 2)
+        if len(parts) == 3 and parts[0] == "theta" and parts[1] and parts[2]:
+            histories.setdefault(parts[2], {}).setdefault(parts[1], np.asarray(value, dtype=float))
+    return histories
+
+
+def _theta_true(results: Results, arrays: Arrays | None, param: str) -> float | None:
     for entry in results.methods.values():
         if param in entry.theta and math.isfinite(entry.theta[param].true):
             return entry.theta[param].true
+    key = f"theta_true__{param}"
+    if arrays is not None and key in arrays and np.size(arrays[key]) == 1:
+        return float(np.asarray(arrays[key]).reshape(()))
     return None
 
 
 # --- ablations -------------------------------------------------------------------------
 
-_BARS = (("ood_mse", "OOD MSE", "#c44e52"), ("id_mse", "ID MSE", "#4c72b0"))
+_BAR_COLOURS = ("#4c72b0", "#c44e52")
+
+
+def _bars(results: Results) -> tuple[tuple[str, str, str], ...]:
+    """(key, label, colour) of the MSE bars: the first two evaluation sets."""
+    return tuple(
+        (f"{s}_mse", f"{set_header(s)} MSE", colour)
+        for s, colour in zip(results.sets[:2], _BAR_COLOURS, strict=False)
+    )
 
 
 def ablations(results: Results, arrays: Arrays | None, path: Path) -> FigureOutcome:
@@ -391,17 +319,19 @@ def ablations(results: Results, arrays: Arrays | None, path: Path) -> FigureOutc
     relative error is written under each variant's name."""
     title = "Ablations"
     outcome = FigureOutcome(path.name, title)
+    mse_bars = _bars(results)
     studies = {
         name: variants
         for name, variants in results.ablations.items()
         if any(
             (s := v.stats.get(k)) is not None and not s.is_missing
             for v in variants.values()
-            for k, _, _ in _BARS
+            for k, _, _ in mse_bars
         )
     }
     if not studies:
-        return _skip(outcome, "no ablation in results.json has an ID or OOD MSE")
+        wanted = " or ".join(label for _, label, _ in mse_bars)
+        return _skip(outcome, f"no ablation in results.json has an {wanted}")
     ncols = min(len(studies), 2)
     nrows = math.ceil(len(studies) / ncols)
     widest = max(len(v) for v in studies.values())
@@ -411,7 +341,7 @@ def ablations(results: Results, arrays: Arrays | None, path: Path) -> FigureOutc
     for ax, (study, variants) in zip(axes, studies.items(), strict=False):
         x = np.arange(len(variants))
         heights = {}
-        for key, _, _ in _BARS:
+        for key, _, _ in mse_bars:
             stats = [v.stats.get(key) for v in variants.values()]
             heights[key] = (
                 np.array([np.nan if s is None else s.mean for s in stats]),
@@ -421,13 +351,14 @@ def ablations(results: Results, arrays: Arrays | None, path: Path) -> FigureOutc
         positive = values[_plottable(values)]
         log = positive.size > 0 and positive.max() / positive.min() > 50
         width = 0.38
-        for k, (key, name, colour) in enumerate(_BARS):
+        for k, (key, name, colour) in enumerate(mse_bars):
+            offset = (k - (len(mse_bars) - 1) / 2) * width
             mean, std = heights[key]
             ok = _plottable(mean) if log else np.isfinite(mean) & (np.abs(mean) < _HUGE)
             for i in np.flatnonzero(~ok):
                 ax.annotate(
                     "n/a",
-                    (x[i] + (k - 0.5) * width, 0.0),
+                    (x[i] + offset, 0.0),
                     xycoords=("data", "axes fraction"),
                     xytext=(0, 3),
                     textcoords="offset points",
@@ -444,7 +375,7 @@ def ablations(results: Results, arrays: Arrays | None, path: Path) -> FigureOutc
             else:
                 yerr = std[ok]
             bars = ax.bar(
-                x[ok] + (k - 0.5) * width,
+                x[ok] + offset,
                 mean[ok],
                 width,
                 yerr=yerr,
@@ -472,7 +403,85 @@ def ablations(results: Results, arrays: Arrays | None, path: Path) -> FigureOutc
     fig.suptitle(f"{results.experiment}: ablations", fontsize=10)
     _save(fig, path)
     caption = (
-        "Ablations: OOD and ID MSE per variant (mean ± std over seeds; log scale where the "
+        f"Ablations: {' and '.join(label for _, label, _ in mse_bars)} per variant "
+        "(mean ± std over seeds; log scale where the "
         "values span more than a factor 50), with the mean θ_s relative error under the name."
+    )
+    return FigureOutcome(path.name, title, caption)
+
+
+# --- data efficiency -------------------------------------------------------------------
+
+
+def data_efficiency(results: Results, arrays: Arrays | None, path: Path) -> FigureOutcome:
+    """Test MSE against the number of training trajectories, log–log, one panel per
+    evaluation set, one line per method with a ± std band; the threshold dotted."""
+    title = "Data efficiency"
+    outcome = FigureOutcome(path.name, title)
+    de = results.data_efficiency
+    if de is None:
+        return _skip(outcome, "results.json has no `data_efficiency`")
+    sets = [s for s in de.sets if any(s in by for by in de.mse.values())]
+    if not sets:
+        return _skip(outcome, "`data_efficiency` holds no MSE for any evaluation set")
+    names = list(dict.fromkeys([*(m for m in results.methods if m in de.mse), *de.mse]))
+    colours = method_colours(names)
+    sizes = np.asarray(de.sizes, dtype=float)
+    fig = _new_figure(4.4 * len(sets) + 2.4, 3.8)
+    axes = np.asarray(fig.subplots(1, len(sets), squeeze=False, sharey=True))[0]
+    handles: dict[str, object] = {}
+    diverged = False
+    for ax, split in zip(axes, sets, strict=True):
+        drawn = False
+        for name in names:
+            stats = de.mse[name].get(split)
+            if stats is None:
+                continue
+            mean = np.array([s.mean for s in stats])
+            std = np.array([s.std for s in stats])
+            ok = _plottable(mean)
+            diverged |= bool((~np.isfinite(mean)).any())
+            if not ok.any():
+                continue
+            drawn = True
+            lower, upper = _log_band(mean[ok], std[ok])
+            style = "o" + _line_style(results, name)
+            (line,) = ax.plot(sizes[ok], mean[ok], style, ms=3.5, lw=1.4, color=colours[name])
+            ax.fill_between(sizes[ok], lower, upper, color=colours[name], alpha=0.15, lw=0)
+            handles.setdefault(name, line)
+        if drawn:
+            ax.set_yscale("log")
+        else:
+            ax.text(0.5, 0.5, "no finite MSE", ha="center", va="center", transform=ax.transAxes)
+        ax.set_xscale("log")
+        ax.set_xticks(sizes, [str(n) for n in de.sizes])
+        ax.minorticks_off()
+        if de.threshold_set == split and de.threshold_mse is not None and de.threshold_mse > 0:
+            line = ax.axhline(de.threshold_mse, color="0.3", ls=":", lw=1.1)
+            handles.setdefault("__threshold__", line)
+        ax.set_title(_split_title(split), fontsize=10)
+        ax.set_xlabel("training trajectories")
+        ax.grid(True, which="major", alpha=0.3)
+    axes[0].set_ylabel("test MSE")
+    order = [n for n in [*names, "__threshold__"] if n in handles]
+    if order:
+        labels = [
+            "threshold" if n == "__threshold__" else _label(results.methods.get(n), n, 24)
+            for n in order
+        ]
+        fig.legend([handles[n] for n in order], labels, loc="outside right upper", fontsize=8)
+    fig.suptitle(f"{results.experiment}: {title.lower()}", fontsize=10)
+    _save(fig, path)
+    caption = (
+        f"{title}: test MSE against the number of training trajectories (log–log), mean over "
+        "seeds with ± std shading"
+        + ("; the dotted line is the MSE threshold" if "__threshold__" in handles else "")
+        + (
+            "; reference forecasts are dashed"
+            if any(results.methods[n].reference for n in names if n in results.methods)
+            else ""
+        )
+        + ("; a missing point is a size at which the method diverged" if diverged else "")
+        + "."
     )
     return FigureOutcome(path.name, title, caption)

@@ -56,6 +56,12 @@ def best_rows(values: Sequence[float], higher_is_better: bool) -> set[int]:
     return {i for i, v in shown.items() if v == best}
 
 
+def and_list(items: Sequence[str]) -> str:
+    """``a``, ``a and b``, ``a, b and c``."""
+    items = list(items)
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
 def bold(text: str) -> str:
     return text if text == MISSING else f"**{text}**"
 

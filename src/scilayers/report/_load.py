@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import zipfile
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,8 +27,14 @@ REQUIRED_TOP_LEVEL = ("experiment", "preset", "seeds", "methods")
 KNOWN_TOP_LEVEL = (
     *REQUIRED_TOP_LEVEL,
     *("config", "environment", "main_horizon_steps", "dt", "ablations", "targets", "uq"),
-    "notes",
+    *("notes", "eval_sets", "field_kind", "truth", "identifiability", "data_efficiency"),
+    "figures",
 )
+#: Evaluation sets of a run that does not name its own (the schema before ``eval_sets``).
+DEFAULT_EVAL_SETS = ("id", "ood")
+#: What ``arrays.npz`` holds per evaluation set: ``truth_{set}`` and ``pred_{set}__{method}``
+#: of shape (T, N) for ``1d``, (T, H, W) for ``2d``, (T, C) for ``series``.
+FIELD_KINDS = ("1d", "2d", "series")
 
 
 @dataclass(frozen=True)
@@ -67,18 +74,86 @@ class Curve:
 
 
 @dataclass(frozen=True)
+class Convergence:
+    """Whether training met its stopping criterion: final loss and steps over seeds, and
+    one flag per seed."""
+
+    criterion: str | None
+    final_loss: Stat | None
+    converged: tuple[bool, ...]
+    steps: Stat | None
+
+
+@dataclass(frozen=True)
 class Entry:
-    """The metrics of one method, or of one ablation variant."""
+    """The metrics of one method, or of one ablation variant.
+
+    ``reference`` marks a trivial forecast (persistence, climatology, zero) shown for scale;
+    ``theta_history`` holds θ_s after every training step, one array per seed.
+    """
 
     name: str
     label: str | None
     stats: dict[str, Stat]
     theta: dict[str, ThetaEntry]
     horizon: dict[str, Curve]
+    reference: bool = False
+    convergence: Convergence | None = None
+    theta_history: dict[str, tuple[np.ndarray, ...]] = field(default_factory=dict)
 
     @property
     def display(self) -> str:
         return self.label or self.name
+
+
+@dataclass(frozen=True)
+class Truth:
+    """What the truth is: leading Lyapunov exponent and Lyapunov time per evaluation set,
+    and named sanity checks (text or numbers)."""
+
+    lyapunov_exponent: dict[str, float]
+    lyapunov_time: dict[str, float]
+    checks: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Identifiability:
+    """Local identifiability of θ_s from the Fisher information of the data."""
+
+    params: tuple[str, ...]
+    fisher: np.ndarray | None
+    eigenvalues: tuple[float, ...]
+    condition_number: float
+    relative_std: dict[str, float]
+    correlation: np.ndarray | None
+    poorly_identified: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class DataEfficiency:
+    """Test MSE against the number of training trajectories.
+
+    ``mse[method][set]`` has one stat per entry of ``sizes`` (mean NaN: the run diverged);
+    ``needed[method]`` is the smallest size reaching the threshold (None: none did);
+    ``winner[set][i]`` is the best method at ``sizes[i]`` (None: no finite MSE).
+    """
+
+    sizes: tuple[int, ...]
+    sets: tuple[str, ...]
+    mse: dict[str, dict[str, tuple[Stat, ...]]]
+    threshold_set: str | None
+    threshold_mse: float | None
+    needed: dict[str, int | None]
+    winner: dict[str, tuple[str | None, ...]]
+
+
+@dataclass(frozen=True)
+class StudyFigure:
+    """A figure a study drew itself, embedded as it is."""
+
+    file: str
+    title: str
+    caption: str
 
 
 @dataclass(frozen=True)
@@ -106,6 +181,21 @@ class Results:
     uq: Mapping[str, Any]
     notes: tuple[str, ...]
     extra: Mapping[str, Any] = field(default_factory=dict)
+    eval_sets: tuple[str, ...] = ()
+    field_kind: str | None = None
+    truth: Truth | None = None
+    identifiability: Identifiability | None = None
+    data_efficiency: DataEfficiency | None = None
+    figures: tuple[StudyFigure, ...] = ()
+
+    @property
+    def sets(self) -> tuple[str, ...]:
+        """The evaluation sets, in order (``("id", "ood")`` for runs that name none)."""
+        return self.eval_sets or DEFAULT_EVAL_SETS
+
+    @property
+    def references(self) -> dict[str, Entry]:
+        return {n: e for n, e in self.methods.items() if e.reference}
 
 
 # --- scalars and stats -----------------------------------------------------------------
@@ -178,7 +268,79 @@ def stat_of_values(values: tuple[float, ...] | list[float] | np.ndarray) -> Stat
 # --- entries ---------------------------------------------------------------------------
 
 #: Keys of a method entry that are not stats.
-_NON_STAT_KEYS = ("label", "theta", "horizon_mse")
+_NON_STAT_KEYS = ("label", "theta", "horizon_mse", "reference", "convergence", "theta_history")
+
+
+def _str_list(value: Any, where: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"{RESULTS_FILE}: {where} should be a list of strings, got {value!r}.")
+    return tuple(value)
+
+
+def _matrix(value: Any, where: str, size: int | None) -> np.ndarray | None:
+    """A square matrix given as a list of rows; ``size`` is the expected side (or None)."""
+    if value is None:
+        return None
+    if not isinstance(value, list | tuple):
+        raise ValueError(f"{RESULTS_FILE}: {where} should be a list of rows, got {value!r}.")
+    rows = [_float_list(row, f"{where}[{i}]") for i, row in enumerate(value)]
+    n = len(rows) if size is None else size
+    if len(rows) != n or any(len(r) != n for r in rows):
+        shape = (len(rows), *sorted({len(r) for r in rows}))
+        raise ValueError(
+            f"{RESULTS_FILE}: {where} should be a {n} x {n} matrix (one row and column per "
+            f"parameter), got rows of lengths {shape[1:]} over {shape[0]} rows."
+        )
+    return np.asarray(rows, dtype=float).reshape(n, n)
+
+
+def _optional_stat(value: Any, where: str) -> Stat | None:
+    return None if value is None else to_stat(value, where)
+
+
+def _convergence(value: Any, where: str) -> Convergence | None:
+    if value is None:
+        return None
+    raw = _mapping(value, where)
+    flags = raw.get("converged")
+    if flags is None:
+        flags = []
+    if isinstance(flags, bool):
+        flags = [flags]
+    if not isinstance(flags, list | tuple) or not all(isinstance(f, bool) for f in flags):
+        raise ValueError(
+            f"{RESULTS_FILE}: {where}.converged should be a list of true/false per seed, "
+            f"got {flags!r}."
+        )
+    criterion = raw.get("criterion")
+    return Convergence(
+        criterion=None if criterion is None else str(criterion),
+        final_loss=_optional_stat(raw.get("final_loss"), f"{where}.final_loss"),
+        converged=tuple(flags),
+        steps=_optional_stat(raw.get("steps"), f"{where}.steps"),
+    )
+
+
+def _theta_history(value: Any, where: str) -> dict[str, tuple[np.ndarray, ...]]:
+    """``{param: [[value per step] per seed]}``; seeds may have different lengths (early
+    stopping). A flat list is one seed."""
+    if value is None:
+        return {}
+    out = {}
+    for param, raw in _mapping(value, where).items():
+        here = f"{where}.{param}"
+        if not isinstance(raw, list | tuple):
+            raise ValueError(
+                f"{RESULTS_FILE}: {here} should be a list (one list of values per seed), "
+                f"got {type(raw).__name__}."
+            )
+        seeds = [raw] if raw and not isinstance(raw[0], list | tuple) else raw
+        out[str(param)] = tuple(
+            np.asarray(_float_list(h, f"{here}[{i}]"), dtype=float) for i, h in enumerate(seeds)
+        )
+    return out
 
 
 def _theta(value: Any, where: str) -> dict[str, ThetaEntry]:
@@ -236,12 +398,18 @@ def _entry(name: str, value: Any, where: str) -> Entry:
         for key, val in raw.items()
         if key not in _NON_STAT_KEYS and (val is None or is_stat_like(val) or _is_number(val))
     }
+    reference = raw.get("reference", False)
+    if not isinstance(reference, bool):
+        raise ValueError(f"{RESULTS_FILE}: {where}.reference should be true or false.")
     return Entry(
         name=name,
         label=None if label is None else str(label),
         stats=stats,
         theta=_theta(raw.get("theta"), f"{where}.theta"),
         horizon=_horizon(raw.get("horizon_mse"), f"{where}.horizon_mse"),
+        reference=reference,
+        convergence=_convergence(raw.get("convergence"), f"{where}.convergence"),
+        theta_history=_theta_history(raw.get("theta_history"), f"{where}.theta_history"),
     )
 
 
@@ -269,6 +437,177 @@ def _targets(value: Any) -> tuple[Target, ...]:
     return tuple(out)
 
 
+def _number_map(value: Any, where: str) -> dict[str, float]:
+    return {str(k): to_float(v, f"{where}.{k}") for k, v in _mapping(value or {}, where).items()}
+
+
+def _truth(value: Any) -> Truth | None:
+    if value is None:
+        return None
+    raw = _mapping(value, "truth")
+    exponent = _number_map(raw.get("lyapunov_exponent"), "truth.lyapunov_exponent")
+    time = _number_map(raw.get("lyapunov_time"), "truth.lyapunov_time")
+    for split, lam in exponent.items():  # 1/λ₁ where the study gave only λ₁
+        if split not in time and math.isfinite(lam) and lam > 0:
+            time[split] = 1.0 / lam
+    checks = dict(_mapping(raw.get("checks") or {}, "truth.checks"))
+    known = ("lyapunov_exponent", "lyapunov_time", "checks")
+    checks.update({k: v for k, v in raw.items() if k not in known})  # kept, not lost
+    return Truth(exponent, time, checks)
+
+
+def _identifiability(value: Any) -> Identifiability | None:
+    if value is None:
+        return None
+    where = "identifiability"
+    raw = _mapping(value, where)
+    rel_std = _number_map(raw.get("relative_std"), f"{where}.relative_std")
+    poor = _str_list(raw.get("poorly_identified"), f"{where}.poorly_identified")
+    params = _str_list(raw.get("params"), f"{where}.params")
+    size = len(params) if params else None
+    fisher = _matrix(raw.get("fisher"), f"{where}.fisher", size)
+    correlation = _matrix(raw.get("correlation"), f"{where}.correlation", size)
+    if not params:
+        params = tuple(dict.fromkeys([*rel_std, *poor]))
+        n = next((len(m) for m in (fisher, correlation) if m is not None), None)
+        if n is not None and n != len(params):
+            raise ValueError(
+                f"{RESULTS_FILE}: {where}.params is needed to label a {n} x {n} matrix."
+            )
+    return Identifiability(
+        params=params,
+        fisher=fisher,
+        eigenvalues=_float_list(raw.get("eigenvalues"), f"{where}.eigenvalues"),
+        condition_number=to_float(raw.get("condition_number"), f"{where}.condition_number"),
+        relative_std=rel_std,
+        correlation=correlation,
+        poorly_identified=poor,
+    )
+
+
+def _size(value: Any, where: str) -> int | None:
+    number = to_float(value, where)
+    if math.isnan(number):
+        return None
+    if number != int(number) or number <= 0:
+        raise ValueError(f"{RESULTS_FILE}: {where} should be a positive integer, got {value!r}.")
+    return int(number)
+
+
+def _best(stats: Mapping[str, Stat]) -> str | None:
+    finite = {m: s.mean for m, s in stats.items() if math.isfinite(s.mean)}
+    return min(finite, key=finite.__getitem__) if finite else None
+
+
+def _data_efficiency(
+    value: Any, eval_sets: tuple[str, ...], references: set[str]
+) -> DataEfficiency | None:
+    if value is None:
+        return None
+    where = "data_efficiency"
+    raw = _mapping(value, where)
+    sizes_raw = _require(raw, "sizes", where)
+    if not isinstance(sizes_raw, list | tuple) or not sizes_raw:
+        raise ValueError(f"{RESULTS_FILE}: {where}.sizes should be a non-empty list.")
+    sizes = tuple(_size(v, f"{where}.sizes[{i}]") for i, v in enumerate(sizes_raw))
+    if None in sizes:
+        raise ValueError(f"{RESULTS_FILE}: {where}.sizes should hold no null, got {sizes_raw!r}.")
+    sizes = tuple(int(n) for n in sizes if n is not None)
+    methods = _mapping(_require(raw, "methods", where), f"{where}.methods")
+    sets = _str_list(raw.get("sets"), f"{where}.sets") or tuple(
+        s
+        for s in (eval_sets or DEFAULT_EVAL_SETS)
+        if any(f"{s}_mse" in _mapping(m, where) for m in methods.values())
+    )
+    mse: dict[str, dict[str, tuple[Stat, ...]]] = {}
+    for name, entry in methods.items():
+        here = f"{where}.methods.{name}"
+        entry = _mapping(entry, here)
+        mse[str(name)] = {}
+        for split in sets:
+            values = entry.get(f"{split}_mse")
+            if values is None:
+                continue
+            if not isinstance(values, list | tuple) or len(values) != len(sizes):
+                raise ValueError(
+                    f"{RESULTS_FILE}: {here}.{split}_mse should be a list of {len(sizes)} "
+                    f"stats, one per size, got {values!r}."
+                )
+            mse[str(name)][split] = tuple(
+                to_stat(v, f"{here}.{split}_mse[{i}]") for i, v in enumerate(values)
+            )
+    threshold = _mapping(raw.get("threshold") or {}, f"{where}.threshold")
+    t_set = threshold.get("set", sets[0] if sets and "mse" in threshold else None)
+    t_mse = to_float(threshold.get("mse"), f"{where}.threshold.mse")
+    t_mse_or_none = t_mse if math.isfinite(t_mse) else None
+    if raw.get("needed") is not None:
+        needed = {
+            str(m): _size(v, f"{where}.needed.{m}")
+            for m, v in _mapping(raw["needed"], f"{where}.needed").items()
+        }
+    elif t_set is not None and t_mse_or_none is not None:  # not recorded: work it out
+        needed = {}
+        for name, by_set in mse.items():
+            if t_set in by_set:
+                hits = [n for n, st in zip(sizes, by_set[t_set], strict=True) if st.mean <= t_mse]
+                needed[name] = hits[0] if hits else None
+    else:
+        needed = {}
+    winner: dict[str, tuple[str | None, ...]] = {}
+    given = _mapping(raw.get("winner") or {}, f"{where}.winner")
+    for split in dict.fromkeys([*sets, *map(str, given)]):
+        if split in given:
+            by_size = _mapping(given[split], f"{where}.winner.{split}")
+            winner[split] = tuple(
+                None if (w := by_size.get(str(n), by_size.get(n))) is None else str(w)
+                for n in sizes
+            )
+        else:
+            winner[split] = tuple(
+                _best(
+                    {
+                        m: by[split][i]
+                        for m, by in mse.items()
+                        if split in by and m not in references
+                    }
+                )
+                for i in range(len(sizes))
+            )
+    return DataEfficiency(
+        sizes=sizes,
+        sets=sets,
+        mse=mse,
+        threshold_set=None if t_set is None else str(t_set),
+        threshold_mse=t_mse_or_none,
+        needed=needed,
+        winner=winner,
+    )
+
+
+def _study_figures(value: Any) -> tuple[StudyFigure, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list | tuple):
+        raise ValueError(f"{RESULTS_FILE}: figures should be a list, got {type(value).__name__}.")
+    out = []
+    for i, raw in enumerate(value):
+        here = f"figures[{i}]"
+        item = _mapping(raw, here)
+        file = _require(item, "file", here)
+        if not isinstance(file, str) or not file:
+            raise ValueError(f"{RESULTS_FILE}: {here}.file should be a path, got {file!r}.")
+        title = str(item.get("title") or Path(file).stem)
+        out.append(StudyFigure(file, title, str(item.get("caption") or "")))
+    return tuple(out)
+
+
+def _eval_sets(value: Any) -> tuple[str, ...]:
+    sets = _str_list(value, "eval_sets")
+    if len(set(sets)) != len(sets) or any(not s for s in sets):
+        raise ValueError(f"{RESULTS_FILE}: eval_sets should be distinct names, got {value!r}.")
+    return sets
+
+
 def parse_results(raw: Any) -> Results:
     """Check a decoded ``results.json`` and normalise it; ``ValueError`` names any
     missing or mistyped key."""
@@ -294,6 +633,14 @@ def parse_results(raw: Any) -> Results:
     if isinstance(notes, str):
         notes = [notes]
     dt = to_float(top.get("dt"), "dt")
+    eval_sets = _eval_sets(top.get("eval_sets"))
+    field_kind = top.get("field_kind")
+    if field_kind is not None and field_kind not in FIELD_KINDS:
+        raise ValueError(
+            f"{RESULTS_FILE}: field_kind should be one of {', '.join(FIELD_KINDS)}, "
+            f"got {field_kind!r}."
+        )
+    references = {n for n, e in methods.items() if e.reference}
     return Results(
         experiment=str(top["experiment"]),
         preset=str(top["preset"]),
@@ -308,6 +655,12 @@ def parse_results(raw: Any) -> Results:
         uq=_mapping(top.get("uq") or {}, "uq"),
         notes=tuple(str(n) for n in notes),
         extra={k: v for k, v in top.items() if k not in KNOWN_TOP_LEVEL},
+        eval_sets=eval_sets,
+        field_kind=field_kind,
+        truth=_truth(top.get("truth")),
+        identifiability=_identifiability(top.get("identifiability")),
+        data_efficiency=_data_efficiency(top.get("data_efficiency"), eval_sets, references),
+        figures=_study_figures(top.get("figures")),
     )
 
 
@@ -323,13 +676,25 @@ def read_results(run_dir: Path) -> Results:
             "to create it, then build the report from that folder."
         )
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(
+            f"{path} is not UTF-8 text (byte {err.start}); rerun the experiment to rewrite it."
+        ) from err
+    if not text.strip():
+        raise ValueError(f"{path} is empty; rerun the experiment to rewrite it.")
+    try:
+        raw = json.loads(text)
     except json.JSONDecodeError as err:
         raise ValueError(
-            f"{path} is not valid JSON ({err.msg} at line {err.lineno}, column {err.colno}); "
-            "rerun the experiment to rewrite it."
+            f"{path} is not valid JSON ({err.msg} at line {err.lineno}, column {err.colno}; "
+            "a truncated file ends like this); rerun the experiment to rewrite it."
         ) from err
-    return parse_results(raw)
+    try:
+        return parse_results(raw)
+    except ValueError as err:  # name the file itself, not just "results.json"
+        message = str(err).removeprefix(f"{RESULTS_FILE}: ")
+        raise ValueError(f"{path}: {message}") from err
 
 
 def read_arrays(run_dir: Path) -> dict[str, np.ndarray] | None:
@@ -337,8 +702,16 @@ def read_arrays(run_dir: Path) -> dict[str, np.ndarray] | None:
     path = run_dir / ARRAYS_FILE
     if not path.is_file():
         return None
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            return {key: np.asarray(npz[key]) for key in npz.files}
-    except (OSError, ValueError, zipfile.BadZipFile) as err:
-        raise ValueError(f"{path} could not be read as an .npz archive ({err}).") from err
+    try:  # own the handle: np.load(path) leaks it when the archive is broken
+        with path.open("rb") as handle:
+            loaded = np.load(handle, allow_pickle=False)
+            if not isinstance(loaded, np.lib.npyio.NpzFile):
+                raise ValueError("it holds a single array, not a named set of arrays")
+            with loaded as npz:
+                return {key: np.asarray(npz[key]) for key in npz.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as err:
+        reason = " ".join(str(err).split()) or type(err).__name__
+        raise ValueError(
+            f"{path} could not be read as an .npz archive ({reason}); rerun the experiment "
+            "to rewrite it, or delete it to build the report without array figures."
+        ) from err

@@ -12,7 +12,16 @@ from typing import Any
 import numpy as np
 
 from ._format import MISSING, best_rows, bold, fmt_number, fmt_stat, markdown_table
-from ._load import Entry, Results, Stat, Target, is_stat_like, stat_of_values, to_stat
+from ._load import (
+    DEFAULT_EVAL_SETS,
+    Entry,
+    Results,
+    Stat,
+    Target,
+    is_stat_like,
+    stat_of_values,
+    to_stat,
+)
 
 #: Pseudo-metric key for the mean relative θ_s error over a method's parameters.
 THETA_REL = "__theta_rel_error__"
@@ -20,28 +29,61 @@ THETA_REL = "__theta_rel_error__"
 
 @dataclass(frozen=True)
 class Column:
-    """A metric column: results key, header, direction, and a display scale."""
+    """A metric column: results key, header, direction, and a display scale.
+
+    ``dagger``: mark (†) a method whose value is worse than the best reference forecast's.
+    """
 
     key: str
     header: str
     higher_is_better: bool = False
     scale: float = 1.0
+    dagger: bool = False
 
 
-#: The main-table columns, in order. Columns that no row has are dropped.
-MAIN_COLUMNS = (
-    Column("id_mse", "ID MSE"),
-    Column("ood_mse", "OOD MSE"),
-    Column("id_nmse", "ID nMSE"),
-    Column("ood_nmse", "OOD nMSE"),
-    Column("id_corr_time", "ID corr. time", higher_is_better=True),
-    Column("ood_corr_time", "OOD corr. time", higher_is_better=True),
-    Column("physics_residual", "Physics residual"),
-    Column("physics_residual_ood", "Physics residual (OOD)"),
-    Column(THETA_REL, "θ_s rel. error (%)", scale=100.0),
-    Column("train_seconds", "Train s"),
-)
-_MAIN_KEYS = {c.key for c in MAIN_COLUMNS}
+#: Mark of a method worse than the best reference forecast (doing nothing) at a set.
+DAGGER = "†"
+
+
+def set_header(split: str) -> str:
+    """Short name of an evaluation set in a header: ``id`` → ID, ``ood_f16`` → OOD f16."""
+    head, _, rest = split.partition("_")
+    head = head.upper() if head.lower() in ("id", "ood") else head
+    return f"{head} {rest.replace('_', ' ')}".strip()
+
+
+def physics_residual_key(split: str) -> str:
+    """``physics_residual`` for the in-domain set, ``physics_residual_{set}`` otherwise."""
+    return "physics_residual" if split == "id" else f"physics_residual_{split}"
+
+
+def main_columns(sets: Sequence[str] = DEFAULT_EVAL_SETS) -> tuple[Column, ...]:
+    """The main-table columns for these evaluation sets, in order: MSE per set, nMSE,
+    correlation time, correlation time in Lyapunov times, physics residual, θ_s error,
+    training time. Columns that no row has are dropped by :func:`metric_table`."""
+    h = {s: set_header(s) for s in sets}
+    residual = [
+        Column(physics_residual_key(s), "Physics residual" + ("" if s == "id" else f" ({h[s]})"))
+        for s in sets
+    ]
+    if "id" not in sets:  # the in-domain residual is recorded without a suffix
+        residual.insert(0, Column("physics_residual", "Physics residual"))
+    return (
+        *(Column(f"{s}_mse", f"{h[s]} MSE", dagger=True) for s in sets),
+        *(Column(f"{s}_nmse", f"{h[s]} nMSE") for s in sets),
+        *(Column(f"{s}_corr_time", f"{h[s]} corr. time", higher_is_better=True) for s in sets),
+        *(
+            Column(f"{s}_corr_time_lyap", f"{h[s]} corr. time (Lyap.)", higher_is_better=True)
+            for s in sets
+        ),
+        *residual,
+        Column(THETA_REL, "θ_s rel. error (%)", scale=100.0),
+        Column("train_seconds", "Train s"),
+    )
+
+
+#: The main-table columns of a run with the default evaluation sets (ID and OOD).
+MAIN_COLUMNS = main_columns()
 
 #: Config groups worth a line in the run summary: (group, words that put a key in it,
 #: leaf names that put a key in it).
@@ -85,11 +127,23 @@ def _present(entries: Sequence[Entry], column: Column) -> bool:
     return any((s := entry_stat(e, column.key)) is not None and not s.is_missing for e in entries)
 
 
-def _name_cell(entry: Entry, code: bool = True) -> str:
+def name_cell(entry: Entry, code: bool = True) -> str:
     if not code:  # an ablation variant: its name is already human-readable
-        return entry.name if not entry.label or entry.label == entry.name else entry.label
-    code = f"`{entry.name}`"
-    return f"{entry.label} ({code})" if entry.label and entry.label != entry.name else code
+        text = entry.name if not entry.label or entry.label == entry.name else entry.label
+    else:
+        name = f"`{entry.name}`"
+        text = f"{entry.label} ({name})" if entry.label and entry.label != entry.name else name
+    return f"*{text}*" if entry.reference else text
+
+
+#: The first cell of the row that divides the methods from the reference forecasts.
+REFERENCE_DIVIDER = "*reference forecasts*"
+
+
+def is_worse(value: float, than: float, higher_is_better: bool) -> bool:
+    """Whether ``value`` is worse than ``than`` at the shown precision."""
+    a, b = float(f"{value:.3g}"), float(f"{than:.3g}")
+    return a < b if higher_is_better else a > b
 
 
 def metric_table(
@@ -97,27 +151,58 @@ def metric_table(
 ) -> str | None:
     """Rows = entries, columns = the given metrics that at least one entry has; the best
     value of each column in bold. ``None`` when no column applies. Names are set as code
-    (method identifiers) unless ``code_names`` is false (ablation variant labels)."""
+    (method identifiers) unless ``code_names`` is false (ablation variant labels).
+
+    Reference forecasts (``entry.reference``) follow the other rows under a divider row,
+    names in italics; they never take the bold mark, and a value in a ``dagger`` column
+    worse than the best reference value of that column carries †.
+    """
     columns = [c for c in columns if _present(entries, c)]
     if not columns or not entries:
         return None
-    cells = [[_name_cell(e, code_names)] for e in entries]
+    entries = [e for e in entries if not e.reference] + [e for e in entries if e.reference]
+    n_methods = sum(not e.reference for e in entries)
+    cells = [[name_cell(e, code_names)] for e in entries]
     for column in columns:
         stats = [entry_stat(e, column.key) for e in entries]
         means = [math.nan if s is None else s.mean for s in stats]
-        best = best_rows(means, column.higher_is_better)
+        best = best_rows(means[:n_methods], column.higher_is_better)
+        ref_best = best_finite(means[n_methods:], column.higher_is_better)
         for i, stat in enumerate(stats):
             text = fmt_stat(stat, column.scale)
-            cells[i].append(bold(text) if i in best else text)
+            if i in best:
+                text = bold(text)
+            if (
+                column.dagger
+                and i < n_methods
+                and ref_best is not None
+                and math.isfinite(means[i])
+                and is_worse(means[i], ref_best, column.higher_is_better)
+            ):
+                text += f" {DAGGER}"
+            cells[i].append(text)
+    if 0 < n_methods < len(entries):
+        cells.insert(n_methods, [REFERENCE_DIVIDER] + [""] * len(columns))
     return markdown_table([first, *(c.header for c in columns)], cells)
 
 
-def extra_columns(entries: Sequence[Entry]) -> list[Column]:
+def best_finite(values: Sequence[float], higher_is_better: bool) -> float | None:
+    finite = [v for v in values if math.isfinite(v)]
+    if not finite:
+        return None
+    return max(finite) if higher_is_better else min(finite)
+
+
+def extra_columns(
+    entries: Sequence[Entry], sets: Sequence[str] = DEFAULT_EVAL_SETS
+) -> list[Column]:
     """Columns for stat metrics outside the main set (experiments may add their own)."""
+    main = {c.key for c in main_columns(sets)}
     keys: list[str] = []
     for entry in entries:
-        keys += [k for k in entry.stats if k not in _MAIN_KEYS and k not in keys]
-    return [Column(k, k, higher_is_better=k.endswith(("corr_time", "picp"))) for k in keys]
+        keys += [k for k in entry.stats if k not in main and k not in keys]
+    higher = ("corr_time", "corr_time_lyap", "picp")
+    return [Column(k, k, higher_is_better=k.endswith(higher)) for k in keys]
 
 
 def theta_table(results: Results) -> str | None:
@@ -138,7 +223,7 @@ def theta_table(results: Results) -> str | None:
         rel = fmt_stat(theta.rel_error, 100.0)
         cells.append(
             [
-                _name_cell(entry),
+                name_cell(entry),
                 f"`{param}`",
                 fmt_number(theta.true),
                 fmt_number(theta.initial),
@@ -188,14 +273,14 @@ def flatten(mapping: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any
     return out
 
 
-def _leaf_text(key: str, value: Any) -> str:
+def leaf_text(key: str, value: Any) -> str:
     if is_stat_like(value):
         return fmt_stat(to_stat(value, key))
     return _scalar(value, metric=True)
 
 
 def mapping_table(mapping: Mapping[str, Any]) -> str:
-    rows = [[f"`{k}`", _leaf_text(k, v)] for k, v in flatten(mapping)]
+    rows = [[f"`{k}`", leaf_text(k, v)] for k, v in flatten(mapping)]
     return markdown_table(["Quantity", "Value"], rows)
 
 
@@ -231,10 +316,12 @@ def _time(steps: float, dt: float | None) -> str:
 
 def summary_section(results: Results) -> str:
     """What was run: methods, seeds, horizon, and the highlights of the config."""
-    n = len(results.methods)
+    n = sum(not e.reference for e in results.methods.values())
+    k = len(results.references)
+    refs = f" (and {k} reference forecast{'s' * (k != 1)})" if k else ""
     seeds = ", ".join(str(s) for s in results.seeds)
     parts = [
-        f"This report compares {n} method{'s' * (n != 1)} on the `{results.experiment}` "
+        f"This report compares {n} method{'s' * (n != 1)}{refs} on the `{results.experiment}` "
         f"experiment (preset `{results.preset}`) over {len(results.seeds)} "
         f"seed{'s' * (len(results.seeds) != 1)} ({seeds}); "
         + (
@@ -250,9 +337,23 @@ def summary_section(results: Results) -> str:
         )
     elif results.dt is not None:
         parts.append(f"The time step is dt = {fmt_number(results.dt)}.")
+    if results.eval_sets:
+        parts.append(
+            "Evaluation sets: "
+            + ", ".join(f"`{s}` ({set_header(s)})" for s in results.eval_sets)
+            + "."
+        )
     lines = [" ".join(parts), ""]
-    if results.methods:
-        lines.append("Methods: " + ", ".join(_name_cell(e) for e in results.methods.values()) + ".")
+    methods = [e for e in results.methods.values() if not e.reference]
+    if methods:
+        lines.append("Methods: " + ", ".join(name_cell(e) for e in methods) + ".")
+        lines.append("")
+    if results.references:
+        lines.append(
+            "Reference forecasts (trivial, for scale): "
+            + ", ".join(name_cell(e) for e in results.references.values())
+            + "."
+        )
         lines.append("")
     highlights = config_highlights(results.config)
     if highlights:

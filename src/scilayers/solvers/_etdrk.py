@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Complex, Float
 
@@ -43,13 +42,33 @@ def etdrk4_coefficients(
     return jnp.exp(hl), jnp.exp(hl / 2), q, f1, f2, f3
 
 
+def _etdrk4_step(model, dealias, coefficients, carry):
+    """One ETDRK4 step of ``model`` on the carried ``(û, u)`` with the given coefficients."""
+    v, u = carry
+    e, e2, q, f1, f2, f3 = coefficients
+    mask = None if dealias is None else model.dealias_mask(dealias)
+    nv = model.nonlinear_hat(v, mask, u)
+    a = e2 * v + q * nv
+    na = model.nonlinear_hat(a, mask)
+    b = e2 * v + q * na
+    nb = model.nonlinear_hat(b, mask)
+    c = e2 * a + q * (2 * nb - nv)
+    nc = model.nonlinear_hat(c, mask)
+    v = e * v + f1 * nv + 2 * f2 * (na + nb) + f3 * nc
+    return v, jnp.fft.irfft(v, model.n)
+
+
+def _init_carry(u):
+    return jnp.fft.rfft(u), u
+
+
 class ETDRK4(AbstractStepper):
     r"""Fourth-order exponential time differencing Runge–Kutta for ``u_t = L u + N(u)``.
 
     The linear part is integrated exactly; the φ-function coefficients are built from the
     model's current θ_s on every call (so ``jax.grad`` reaches e.g. KS's ``a, b, c, d``).
     Ten real FFTs per step: one into and one out of Fourier space, two per nonlinear
-    evaluation.
+    evaluation. `rollout` computes the coefficients once per trajectory (`prepare`).
 
     **Arguments:**
 
@@ -67,7 +86,6 @@ class ETDRK4(AbstractStepper):
     dealias: float | None = eqx.field(static=True, default=None)
     contour_points: int = eqx.field(static=True, default=32)
     contour_radius: float = eqx.field(static=True, default=1.0)
-    coefficients: tuple | None = None
 
     def __check_init__(self):
         if not isinstance(self.model, AbstractSpectralModel):
@@ -78,25 +96,28 @@ class ETDRK4(AbstractStepper):
         if self.dealias is not None and not 0 < self.dealias <= 1:
             raise ValueError(f"dealias must be in (0, 1] or None, got {self.dealias}.")
 
-    def prepare(self) -> ETDRK4:
-        """This stepper with its θ_s-dependent coefficients computed once.
+    def coefficients_for(self, lin: Complex[Array, " m"]) -> tuple:
+        """The ETDRK4 coefficients (`etdrk4_coefficients`) of this stepper for the linear
+        symbol ``lin``."""
+        return etdrk4_coefficients(lin, self.dt, self.contour_points, self.contour_radius)
+
+    def prepare(self) -> _PreparedETDRK4:
+        """This stepper with its θ_s-dependent coefficients computed once, for the model's
+        current linear symbol.
 
         `rollout` calls it before the time loop, inside the differentiated function, so a
         trajectory computes the contour integrals once instead of once per step and
-        gradients still reach θ_s. Do not keep a prepared stepper across θ_s updates.
+        gradients still reach θ_s. The result remembers the symbol its coefficients were
+        built from: if θ_s changes afterwards it does not silently step with stale ones
+        (see `_PreparedETDRK4`).
         """
-        return dataclasses.replace(self, coefficients=self._coefficients())
-
-    def _coefficients(self):
-        if self.coefficients is not None:
-            return self.coefficients
         lin = self.model.linear_operator()
-        return etdrk4_coefficients(lin, self.dt, self.contour_points, self.contour_radius)
+        return _PreparedETDRK4(self, lin, self.coefficients_for(lin))
 
     def init_carry(self, u):
         """The state carried between steps by `rollout`: ``(û, u)``, so that no step needs
         a forward FFT of its input (8 real FFTs per step instead of 10)."""
-        return jnp.fft.rfft(u), u
+        return _init_carry(u)
 
     @staticmethod
     def carry_output(carry):
@@ -105,23 +126,97 @@ class ETDRK4(AbstractStepper):
 
     def step_carry(self, carry):
         """One step on the carried ``(û, u)``; returns the new carry."""
-        v, u = carry
-        m = self.model
-        e, e2, q, f1, f2, f3 = self._coefficients()
-        mask = None if self.dealias is None else m.dealias_mask(self.dealias)
-        nv = m.nonlinear_hat(v, mask, u)
-        a = e2 * v + q * nv
-        na = m.nonlinear_hat(a, mask)
-        b = e2 * v + q * na
-        nb = m.nonlinear_hat(b, mask)
-        c = e2 * a + q * (2 * nb - nv)
-        nc = m.nonlinear_hat(c, mask)
-        v = e * v + f1 * nv + 2 * f2 * (na + nb) + f3 * nc
-        return v, jnp.fft.irfft(v, m.n)
+        coefficients = self.coefficients_for(self.model.linear_operator())
+        return _etdrk4_step(self.model, self.dealias, coefficients, carry)
 
     def __call__(self, u: Float[Array, " n"]) -> Float[Array, " n"]:
         self.check(u)
         return self.step_carry(self.init_carry(u))[1]
+
+
+_STALE = (
+    "this prepared ETDRK4 holds coefficients computed for other θ_s (its model changed "
+    "after prepare()); call prepare() again on the updated stepper, or step the unprepared "
+    "stepper (`prepared.stepper`)"
+)
+
+
+def _same_symbol(lin, symbol):
+    """Whether two linear symbols agree to a few ulps (traced: a boolean array)."""
+    tol = 16 * jnp.finfo(jnp.result_type(lin, symbol)).eps
+    scale = jnp.maximum(jnp.max(jnp.abs(symbol)), jnp.finfo(jnp.result_type(symbol)).tiny)
+    return jnp.max(jnp.abs(lin - symbol)) <= tol * scale
+
+
+class _PreparedETDRK4(AbstractStepper):
+    """An `ETDRK4` with its coefficients computed once (`ETDRK4.prepare`), together with
+    the linear symbol they were computed for.
+
+    The model can still be replaced (``eqx.tree_at``, `sl.params.set_values`; a `Hybrid`
+    swaps in a model with a closure term, which keeps the symbol), so every use checks that
+    the model's current symbol is the remembered one. Outside ``jit`` a mismatch makes
+    `__call__` recompute the coefficients (the step is then that of the unprepared
+    stepper) and `init_carry` raise; under ``jit`` it raises at run time
+    (``eqx.error_if``). `prepare` and `rollout` always rebuild from the current model.
+    The check costs one evaluation of the symbol per call of `__call__` and per
+    trajectory in `rollout` — never a contour integral.
+    """
+
+    stepper: ETDRK4
+    symbol: Array
+    coefficients: tuple
+
+    @property
+    def model(self) -> AbstractSpectralModel:
+        return self.stepper.model
+
+    @property
+    def dt(self) -> float:
+        return self.stepper.dt
+
+    def prepare(self) -> _PreparedETDRK4:
+        """Prepared afresh for the model's current θ_s."""
+        return self.stepper.prepare()
+
+    def _check(self, x, lin):
+        """``x``, guarded at run time by the symbol check (traced values only)."""
+        return eqx.error_if(x, ~_same_symbol(lin, self.symbol), _STALE + ".")
+
+    def _stale(self, lin) -> bool | None:
+        """Whether the cache is stale, or ``None`` when that is only known at run time."""
+        if jnp.shape(lin) != jnp.shape(self.symbol):
+            return True  # e.g. a model on another grid: known at trace time
+        if any(isinstance(x, jax.core.Tracer) for x in (lin, self.symbol)):
+            return None
+        return not bool(_same_symbol(lin, self.symbol))
+
+    def init_carry(self, u):
+        """As `ETDRK4.init_carry`, after checking that the coefficients are current."""
+        lin = self.model.linear_operator()
+        stale = self._stale(lin)
+        if stale:
+            raise ValueError(_STALE + "; `rollout` does the former.")
+        carry = _init_carry(u)
+        return carry if stale is False else self._check(carry, lin)
+
+    @staticmethod
+    def carry_output(carry):
+        return carry[1]
+
+    def step_carry(self, carry):
+        """One step with the cached coefficients (`init_carry` checked them)."""
+        return _etdrk4_step(self.model, self.stepper.dealias, self.coefficients, carry)
+
+    def __call__(self, u: Float[Array, " n"]) -> Float[Array, " n"]:
+        self.check(u)
+        lin = self.model.linear_operator()
+        stale = self._stale(lin)
+        if stale is None:
+            coefficients = self._check(self.coefficients, lin)
+        else:
+            coefficients = self.stepper.coefficients_for(lin) if stale else self.coefficients
+        carry = _init_carry(u)
+        return _etdrk4_step(self.model, self.stepper.dealias, coefficients, carry)[1]
 
 
 def phi1(lin: Complex[Array, " m"], dt: float, points: int = 32, radius: float = 1.0):

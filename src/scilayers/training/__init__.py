@@ -1,13 +1,23 @@
-"""Training: `fit` with joint / staged / fixed strategies, checkpoints and resume."""
+"""Training: `fit` with joint / staged / fixed strategies, checkpoints and resume; the
+pieces of one training step for callers that drive it themselves (benchmarks, ensembles)."""
 
 from ._config import STRATEGIES as STRATEGIES
 from ._config import TrainConfig as TrainConfig
+from ._fit import EXTENDABLE as EXTENDABLE
 from ._fit import FitResult as FitResult
+from ._fit import Stage as Stage
+from ._fit import Trainable as Trainable
 from ._fit import TrainingDiverged as TrainingDiverged
+from ._fit import combine_trainable as combine_trainable
+from ._fit import compiled_train_step as compiled_train_step
 from ._fit import fit as fit
+from ._fit import init_opt_state as init_opt_state
 from ._fit import load_checkpoint as load_checkpoint
+from ._fit import loss_weights as loss_weights
 from ._fit import make_loss as make_loss
 from ._fit import make_train_step as make_train_step
+from ._fit import read_checkpoint_meta as read_checkpoint_meta
 from ._fit import sample_windows as sample_windows
 from ._fit import save_checkpoint as save_checkpoint
+from ._fit import split_trainable as split_trainable
 from ._fit import stages_for as stages_for

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -10,7 +11,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import equinox as eqx
 import jax
@@ -18,6 +19,7 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 import numpy as np
 import optax
+from jaxtyping import PyTree
 
 from ..hybrid import Hybrid
 from ..losses import closure_magnitude, physics_loss, prior_loss, rollout_loss
@@ -32,6 +34,9 @@ class TrainingDiverged(RuntimeError):
 
 @dataclass(frozen=True)
 class Stage:
+    """One stage of a strategy (`stages_for`): its name, its number of steps, which groups
+    it trains (θ_s, θ_ml) and whether a `Hybrid`'s network is applied at all."""
+
     name: str
     steps: int
     train_theta: bool
@@ -73,20 +78,34 @@ def _view(model, stage: Stage):
     return model
 
 
+class Trainable(NamedTuple):
+    """A pair of trees, one per parameter group: θ_s (the raw values of free `Param`s) and
+    θ_ml (network arrays). Each is a partial copy of the model with ``None`` elsewhere, as
+    ``eqx.partition`` gives. The gradients, updates and optimiser states of a stage come
+    in the same pair; a NamedTuple is a pytree, so ``jax`` transforms see straight through."""
+
+    theta_s: PyTree
+    theta_ml: PyTree
+
+
 def _false_like(model):
     return jtu.tree_map(lambda _: False, model, is_leaf=is_param)
 
 
-def _split(model, stage: Stage):
+def split_trainable(model, stage: Stage) -> tuple[Trainable, PyTree]:
+    """Split ``model`` into what ``stage`` trains and the rest: ``(Trainable, static)``.
+    A group the stage does not train is an all-``None`` tree (it lands in ``static``);
+    `combine_trainable` undoes the split."""
     spec_s = scientific(model) if stage.train_theta else _false_like(model)
     spec_ml = network(model) if stage.train_net else _false_like(model)
-    theta, rest = eqx.partition(model, spec_s, is_leaf=is_param)
-    net, static = eqx.partition(rest, spec_ml, is_leaf=is_param)
-    return (theta, net), static
+    theta_s, rest = eqx.partition(model, spec_s, is_leaf=is_param)
+    theta_ml, static = eqx.partition(rest, spec_ml, is_leaf=is_param)
+    return Trainable(theta_s, theta_ml), static
 
 
-def _combine(trainable, static):
-    return eqx.combine(trainable[0], trainable[1], static, is_leaf=is_param)
+def combine_trainable(trainable: Trainable, static: PyTree):
+    """The model again, from `split_trainable`'s ``(trainable, static)``."""
+    return eqx.combine(trainable.theta_s, trainable.theta_ml, static, is_leaf=is_param)
 
 
 def _tree_norm(tree):
@@ -159,17 +178,18 @@ def make_loss(config: TrainConfig, stage: Stage):
 
 def make_train_step(config: TrainConfig, stage: Stage, opt_theta, opt_net, horizon: int):
     """A pure step ``(trainable, opt_state, static, data, key, hyper) -> (trainable,
-    opt_state, loss, parts, ok)``, with ``hyper`` holding ``lr_scale`` and the loss weights
-    (`loss_weights`). A non-finite loss or gradient rejects the step (the
-    returned state is the input state) and ``ok`` is false. Pure in all arguments, so an
-    ensemble can ``vmap`` it over member keys and a batch can be sharded."""
+    opt_state, loss, parts, ok)``. ``trainable`` and ``opt_state`` are `Trainable` pairs
+    (`split_trainable`, `init_opt_state`); ``hyper`` holds ``lr_scale`` and the loss weights
+    (`loss_weights`). A non-finite loss or gradient rejects the step (the returned state is
+    the input state) and ``ok`` is false. Pure in all arguments, so an ensemble can ``vmap``
+    it over member keys and a batch can be sharded."""
     loss_fn = make_loss(config, stage)
 
     def step(trainable, opt_state, static, data, key, hyper):
         windows = sample_windows(data, key, config.batch_size, horizon)
 
         def f(tr):
-            return loss_fn(_combine(tr, static), windows, hyper)
+            return loss_fn(combine_trainable(tr, static), windows, hyper)
 
         (loss, parts), grads = jax.value_and_grad(f, has_aux=True)(trainable)
         leaves = jtu.tree_leaves(grads)
@@ -181,11 +201,11 @@ def make_train_step(config: TrainConfig, stage: Stage, opt_theta, opt_net, horiz
             factor = jnp.minimum(1.0, config.clip_norm / (gnorm + 1e-12))
             grads = jtu.tree_map(lambda g: g * factor, grads)
         grads = jtu.tree_map(lambda g: jnp.where(ok, g, 0.0), grads)
-        upd_t, st_t = opt_theta.update(grads[0], opt_state[0], trainable[0])
-        upd_n, st_n = opt_net.update(grads[1], opt_state[1], trainable[1])
-        updates = jtu.tree_map(lambda u: u * hyper["lr_scale"], (upd_t, upd_n))
+        upd_s, st_s = opt_theta.update(grads.theta_s, opt_state.theta_s, trainable.theta_s)
+        upd_ml, st_ml = opt_net.update(grads.theta_ml, opt_state.theta_ml, trainable.theta_ml)
+        updates = jtu.tree_map(lambda u: u * hyper["lr_scale"], Trainable(upd_s, upd_ml))
         new = eqx.apply_updates(trainable, updates)
-        new_state = (st_t, st_n)
+        new_state = Trainable(st_s, st_ml)
 
         def pick(a, b):
             return jnp.where(ok, a, b)
@@ -205,17 +225,24 @@ def _optimizers(config: TrainConfig, stage: Stage):
     )
 
 
-def _init_opt_state(config: TrainConfig, stage: Stage, trainable):
-    opt_t, opt_n = _optimizers(config, stage)
-    return (opt_t.init(trainable[0]), opt_n.init(trainable[1]))
+def init_opt_state(config: TrainConfig, stage: Stage, trainable: Trainable) -> Trainable:
+    """Fresh Adam states for ``trainable`` (one per group, as a `Trainable`) with the
+    learning rates and schedule of ``config`` over the steps of ``stage``."""
+    opt_s, opt_ml = _optimizers(config, stage)
+    return Trainable(opt_s.init(trainable.theta_s), opt_ml.init(trainable.theta_ml))
 
 
 @functools.lru_cache(maxsize=64)
 def _compiled_step(config: TrainConfig, stage: Stage, horizon: int):
-    """A jitted train step, shared by every `fit` with the same config (up to the seed),
-    stage and horizon, so seeds and ensemble members reuse one compilation."""
-    opt_t, opt_n = _optimizers(config, stage)
-    return eqx.filter_jit(make_train_step(config, stage, opt_t, opt_n, horizon))
+    opt_s, opt_ml = _optimizers(config, stage)
+    return eqx.filter_jit(make_train_step(config, stage, opt_s, opt_ml, horizon))
+
+
+def compiled_train_step(config: TrainConfig, stage: Stage, horizon: int):
+    """`make_train_step` with ``config``'s optimisers, jitted and shared by every `fit` with
+    the same config up to the seed and the λ values (those are traced), stage and horizon,
+    so seeds and ensemble members reuse one compilation."""
+    return _compiled_step(_structural(config), stage, horizon)
 
 
 @functools.lru_cache(maxsize=64)
@@ -326,6 +353,368 @@ def _theta_row(model) -> dict[str, float]:
     return out
 
 
+# The per-step records of `fit`'s history (and of a checkpoint's "history"), in order.
+HISTORY_FIELDS = (
+    "step",
+    "stage",
+    "loss",
+    "data",
+    "physics",
+    "prior",
+    "closure",
+    "grad_norm",
+    "lr_scale",
+    "rejected",
+)
+_LOSS_PARTS = ("data", "physics", "prior", "closure", "grad_norm")
+
+# Strategies with a single stage, whose runs can be extended by resuming with more `steps`.
+EXTENDABLE = ("joint", "fixed")
+
+
+@dataclass
+class _History:
+    """What `fit` records, as plain lists (a checkpoint's JSON holds them as they are):
+    per step in ``steps`` (`HISTORY_FIELDS`) and ``theta`` (θ_s by name), per validation in
+    ``val`` (``step``, ``loss``)."""
+
+    steps: dict[str, list]
+    theta: dict[str, list]
+    val: dict[str, list]
+
+    @classmethod
+    def empty(cls, model) -> _History:
+        return cls(
+            {k: [] for k in HISTORY_FIELDS},
+            {k: [] for k in _theta_row(model)},
+            {"step": [], "loss": []},
+        )
+
+    @classmethod
+    def from_meta(cls, meta: dict) -> _History:
+        return cls(meta["history"], meta["theta"], meta["val"])
+
+    def to_meta(self) -> dict:
+        return {"history": self.steps, "theta": self.theta, "val": self.val}
+
+    def record_step(self, global_step, stage_idx, loss, parts, lr_scale, ok, model) -> dict:
+        """Append one optimiser step; returns the θ_s row it recorded."""
+        h = self.steps
+        h["step"].append(global_step)
+        h["stage"].append(stage_idx)
+        h["loss"].append(float(loss))
+        for name in _LOSS_PARTS:
+            h[name].append(float(parts[name]) if name in parts else 0.0)
+        h["lr_scale"].append(lr_scale)
+        h["rejected"].append(not ok)
+        row = _theta_row(model)
+        for name, v in row.items():
+            self.theta[name].append(v)
+        return row
+
+    def record_val(self, global_step: int, loss: float) -> None:
+        self.val["step"].append(global_step)
+        self.val["loss"].append(loss)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """`FitResult.history`: the step records, ``theta/<name>``, ``val_step``, ``val_loss``."""
+        out = {k: np.asarray(v) for k, v in self.steps.items()}
+        for name, v in self.theta.items():
+            out[f"theta/{name}"] = np.asarray(v)
+        out["val_step"] = np.asarray(self.val["step"])
+        out["val_loss"] = np.asarray(self.val["loss"])
+        return out
+
+
+@dataclass
+class _RunState:
+    """Where a run stands and what carries across steps and stages; all of it is what a
+    checkpoint holds. ``opt``/``best``/``best_val`` are a restored stage's optimiser state
+    and best validated state, consumed when that stage starts."""
+
+    model: Any
+    history: _History
+    stage: int = 0
+    stage_step: int = 0
+    global_step: int = 0
+    lr_scale: float = 1.0
+    seconds_before: float = 0.0
+    resumed_from: int | None = None
+    opt: Any = None
+    best: Any = None
+    best_val: float = np.inf
+    started: float = dataclasses.field(default_factory=time.perf_counter)
+
+    def seconds(self) -> float:
+        """Training time so far, including that of the runs this one resumes."""
+        return self.seconds_before + time.perf_counter() - self.started
+
+    def take_restored(self):
+        """``(opt, best, best_val)`` restored for the current stage, once; ``None`` after."""
+        if self.opt is None:
+            return None
+        out = (self.opt, self.best, self.best_val)
+        self.opt, self.best, self.best_val = None, None, np.inf
+        return out
+
+
+@dataclass
+class _Validation:
+    """Best-state tracking within one stage: the validation loss on fixed ``windows`` every
+    ``every`` steps and at the stage's last step; the best state is kept, and the stage stops
+    after ``patience`` evaluations without improvement (``None``: never). Without
+    validation windows nothing is evaluated and a stage ends on its last state."""
+
+    loss_fn: Any
+    windows: Any
+    every: int
+    patience: int | None
+    best_model: Any
+    best_val: float = np.inf
+    since_best: int = 0
+
+    def after_step(self, model, k: int, stage_steps: int, global_step: int, history) -> bool:
+        """Validate after stage step ``k`` if due; returns whether the stage should stop."""
+        if self.windows is None or not ((k + 1) % self.every == 0 or k + 1 == stage_steps):
+            return False
+        loss = float(self.loss_fn(model, self.windows))
+        history.record_val(global_step, loss)
+        if loss < self.best_val:
+            self.best_val, self.best_model, self.since_best = loss, model, 0
+            return False
+        self.since_best += 1
+        return self.patience is not None and self.since_best >= self.patience
+
+    def final(self, model):
+        """The model the stage hands on: its best validated state if it validated any."""
+        validated = self.windows is not None and np.isfinite(self.best_val)
+        return self.best_model if validated else model
+
+
+def _check_resumable(saved: dict | None, config: TrainConfig, directory: Path) -> None:
+    """Refuse a checkpoint written with another config, naming each differing field with
+    its old and new value. Allowed: only `steps` grown, for a strategy in `EXTENDABLE`."""
+    current = config.to_dict()
+    saved = {} if saved is None else saved
+    missing = "(absent)"
+    diff = {
+        k: (saved.get(k, missing), current.get(k, missing))
+        for k in sorted(set(saved) | set(current))
+        if saved.get(k, missing) != current.get(k, missing)
+    }
+    if not diff:
+        return
+    if (
+        set(diff) == {"steps"}
+        and config.strategy in EXTENDABLE
+        and isinstance(saved["steps"], int)
+        and config.steps > saved["steps"]
+    ):
+        return
+    changes = "; ".join(
+        f"{k}: {old!r} in the checkpoint, {new!r} now" for k, (old, new) in diff.items()
+    )
+    hint = ""
+    if "steps" in diff:
+        hint = (
+            f" (`steps` may only grow, and only for the {' and '.join(map(repr, EXTENDABLE))} "
+            f"strategies, with every other field unchanged: 'staged' splits `steps` into "
+            f"stages, so its stage boundaries would move.)"
+        )
+    raise ValueError(
+        f"the checkpoint in {directory} was written with a different config ({changes}); "
+        f"resume with the same config or use a fresh directory.{hint}"
+    )
+
+
+@dataclass
+class _Checkpoints:
+    """The checkpoints of one `fit` in ``directory`` (``None``: none): one every ``every``
+    steps (0: never). ``step`` is the global step of the newest one of this run on disk,
+    written or resumed from (``None`` while there is none)."""
+
+    directory: Path | None
+    every: int
+    config: TrainConfig
+    step: int | None = None
+
+    @classmethod
+    def open(cls, directory, config: TrainConfig, resume: bool) -> _Checkpoints:
+        if (config.checkpoint_every or resume) and directory is None:
+            raise ValueError("checkpointing and resume need checkpoint_dir=...")
+        directory = None if directory is None else Path(directory)
+        if directory is not None and not resume and (directory / "checkpoint.json").exists():
+            raise ValueError(
+                f"{directory} already holds a checkpoint; pass resume=True (CLI: --resume) to "
+                f"continue it, or choose an empty directory."
+            )
+        return cls(directory, config.checkpoint_every, config)
+
+    def due(self, global_step: int) -> bool:
+        return self.directory is not None and self.every > 0 and global_step % self.every == 0
+
+    def save(self, run: _RunState, opt_state, validation: _Validation) -> None:
+        best_val = validation.best_val
+        save_checkpoint(
+            self.directory,
+            {"model": run.model, "opt": opt_state, "best": validation.best_model},
+            {
+                "stage": run.stage,
+                "stage_step": run.stage_step,
+                "global_step": run.global_step,
+                "lr_scale": run.lr_scale,
+                "best_val": best_val if np.isfinite(best_val) else None,
+                **run.history.to_meta(),
+                "config": self.config.to_dict(),
+                "seconds": run.seconds(),
+            },
+        )
+        self.step = run.global_step
+
+    def restore(self, model, stages: list[Stage]) -> _RunState | None:
+        """The run state saved in ``directory`` (``None`` if there is no checkpoint)."""
+        probe = read_checkpoint_meta(self.directory)
+        if probe is None:
+            return None
+        _check_resumable(probe.get("config"), self.config, self.directory)
+        stage = stages[probe["stage"]]
+        opt = init_opt_state(self.config, stage, split_trainable(model, stage)[0])
+        loaded = load_checkpoint(self.directory, {"model": model, "opt": opt, "best": model})
+        assert loaded is not None
+        tree, meta = loaded
+        self.step = meta["global_step"]
+        best_val = meta.get("best_val")
+        return _RunState(
+            model=tree["model"],
+            history=_History.from_meta(meta),
+            stage=meta["stage"],
+            stage_step=meta["stage_step"],
+            global_step=sum(s.steps for s in stages[: meta["stage"]]) + meta["stage_step"],
+            lr_scale=meta["lr_scale"],
+            seconds_before=meta.get("seconds", 0.0),
+            resumed_from=meta["global_step"],
+            opt=tree["opt"],
+            best=tree["best"],
+            best_val=np.inf if best_val is None else best_val,
+        )
+
+
+class _Progress:
+    """`fit`'s progress display: a Rich bar with the loss and θ_s while stdout is a
+    terminal; nothing otherwise (redrawing a bar into a log file or a pipe only leaves
+    blank lines there; `FitResult.history` has every value)."""
+
+    def __init__(self, enabled: bool, total: int, completed: int):
+        self._bar = None
+        if not enabled:
+            return
+        from rich.console import Console
+
+        console = Console()
+        if not console.is_terminal:
+            return
+        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self._bar = Progress(
+            TextColumn("[bold]{task.fields[stage]}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total}"),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[info]}"),
+            console=console,
+            transient=True,
+        )
+        self._task = self._bar.add_task("fit", total=total, stage="", info="")
+        self._bar.update(self._task, completed=completed)
+
+    @property
+    def active(self) -> bool:
+        return self._bar is not None
+
+    def __enter__(self) -> _Progress:
+        if self._bar is not None:
+            self._bar.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+    def advance(self, steps: int, stage: str, info: str | None = None) -> None:
+        if self._bar is not None:
+            fields = {"stage": stage} if info is None else {"stage": stage, "info": info}
+            self._bar.update(self._task, advance=steps, **fields)
+
+
+def _diverged(run: _RunState, stage: Stage, rejects: int, checkpoints: _Checkpoints):
+    where = ""
+    if checkpoints.step is not None:
+        where = (
+            f"; the last good state, at step {checkpoints.step}, is checkpointed in "
+            f"{checkpoints.directory}"
+        )
+    return TrainingDiverged(
+        f"training diverged at step {run.global_step} (stage {stage.name!r}): loss or "
+        f"gradients were NaN/Inf for {rejects} consecutive steps even after lowering the "
+        f"learning rate to {run.lr_scale:.3g}x{where}. Remedy: lower lr_theta/lr_net or the "
+        f"horizon, reduce dt, or bound θ_s with a constraint."
+    )
+
+
+def _train_stage(run, stages, config, data, val_windows, checkpoints, bar) -> None:
+    """Train stage ``run.stage`` from ``run.stage_step`` to its end or early stop, updating
+    ``run`` in place; ``run.model`` ends as the stage's best validated state."""
+    si = run.stage
+    stage = stages[si]
+    trainable, static = split_trainable(run.model, stage)
+    validation = _Validation(
+        _val_loss_fn(stage, config.memory),
+        val_windows,
+        config.val_every,
+        config.patience,
+        best_model=run.model,
+    )
+    restored = run.take_restored()
+    if restored is None:
+        opt_state = init_opt_state(config, stage, trainable)
+    else:
+        opt_state, validation.best_model, validation.best_val = restored
+    weights = loss_weights(config)
+    stage_key = jax.random.fold_in(jax.random.key(config.seed), si)
+    step_fns: dict[int, Any] = {}
+    rejects = 0
+    for k in range(run.stage_step, stage.steps):
+        h = _horizon_at(config, k, stage.steps)
+        if h not in step_fns:
+            step_fns[h] = compiled_train_step(config, stage, h)
+        hyper = dict(weights, lr_scale=jnp.asarray(run.lr_scale))
+        key = jax.random.fold_in(stage_key, k)
+        trainable, opt_state, loss, parts, ok = step_fns[h](
+            trainable, opt_state, static, data, key, hyper
+        )
+        ok = bool(ok)
+        run.model = combine_trainable(trainable, static)
+        row = run.history.record_step(run.global_step, si, loss, parts, run.lr_scale, ok, run.model)
+        rejects = 0 if ok else rejects + 1
+        if not ok:
+            run.lr_scale *= config.reject_factor
+            if rejects >= config.max_rejects:
+                raise _diverged(run, stage, rejects, checkpoints)
+        run.global_step += 1
+        run.stage_step = k + 1
+        stop = validation.after_step(run.model, k, stage.steps, run.global_step, run.history)
+        if checkpoints.due(run.global_step):
+            checkpoints.save(run, opt_state, validation)
+        if bar.active:
+            info = f"loss {float(loss):.3e} " + " ".join(f"{n}={v:.4g}" for n, v in row.items())
+            bar.advance(1, stage.name, info)
+        if stop:
+            bar.advance(stage.steps - k - 1, stage.name)
+            run.global_step += stage.steps - k - 1
+            break
+    run.model = validation.final(run.model)
+
+
 def fit(
     model,
     data,
@@ -350,11 +739,24 @@ def fit(
     - `model`: the model to train; `data`: training trajectories; `config`: `TrainConfig`.
     - `val`: optional validation trajectories for early stopping / best-state selection.
     - `checkpoint_dir`: where checkpoints go (needed for `checkpoint_every` and `resume`).
-    - `resume`: continue from the checkpoint in `checkpoint_dir` if there is one.
-    - `progress`: show a Rich progress bar with the loss and current θ_s.
+    - `resume`: continue from the checkpoint in `checkpoint_dir` if there is one. The
+      config must be the one the checkpoint was written with (the error names each field
+      that differs), with one exception that extends a run: for the single-stage
+      strategies ``"joint"`` and ``"fixed"``, `steps` may be larger than before (all other
+      fields equal), and training continues from the checkpoint to the new `steps`. The
+      learning-rate and horizon schedules are laid over the new length: with
+      ``schedule="constant"`` and no `horizon_schedule` the extended run equals one trained
+      for the larger `steps` from the start; a cosine schedule restarts its decay from a
+      higher rate. (``"staged"`` splits `steps` into stages, so it cannot be extended.)
+    - `progress`: show a Rich progress bar with the loss and current θ_s while stdout is a
+      terminal (nothing is written otherwise).
 
     **Returns:** a `FitResult` with the trained `model` and `history` (per step: losses,
     θ_s values, learning-rate scale, rejected flags; per validation: val loss).
+
+    **Raises:** `ValueError` for malformed data or an unusable checkpoint;
+    `TrainingDiverged` after `max_rejects` consecutive non-finite steps (naming the last
+    checkpoint if this run has one).
     """
     config = TrainConfig() if config is None else config
     data = _check_data(data, model, "data")
@@ -365,200 +767,16 @@ def fit(
             f"trajectories have {data.shape[1]} states but the horizon needs {max_h + 1}; "
             f"lower the horizon or provide longer trajectories."
         )
-    if (config.checkpoint_every or resume) and checkpoint_dir is None:
-        raise ValueError("checkpointing and resume need checkpoint_dir=...")
-    ckdir = None if checkpoint_dir is None else Path(checkpoint_dir)
-    if ckdir is not None and not resume and (ckdir / "checkpoint.json").exists():
-        raise ValueError(
-            f"{ckdir} already holds a checkpoint; pass resume=True (CLI: --resume) to "
-            f"continue it, or choose an empty directory."
-        )
-
+    val_windows = None if val_arr is None else val_arr[:, : max_h + 1]
+    checkpoints = _Checkpoints.open(checkpoint_dir, config, resume)
     stages = stages_for(config)
-    total_steps = sum(s.steps for s in stages)
-    base_key = jax.random.key(config.seed)
-    hist: dict[str, list] = {
-        k: []
-        for k in (
-            "step",
-            "stage",
-            "loss",
-            "data",
-            "physics",
-            "prior",
-            "closure",
-            "grad_norm",
-            "lr_scale",
-            "rejected",
-        )
-    }
-    theta_hist: dict[str, list] = {k: [] for k in _theta_row(model)}
-    val_hist: dict[str, list] = {"step": [], "loss": []}
-    lr_scale = 1.0
-    start_stage, start_step, resumed_from = 0, 0, None
-    elapsed_before = 0.0
-    t0 = time.perf_counter()
 
-    meta_cfg = config.to_dict()
-
-    def state_template(stage_idx, mdl):
-        st = stages[stage_idx]
-        trainable, _ = _split(mdl, st)
-        opt_state = _init_opt_state(config, st, trainable)
-        return {"model": mdl, "opt": opt_state, "best": mdl}
-
-    restored = None
-    if resume and ckdir is not None:
-        probe = read_checkpoint_meta(ckdir)
-        if probe is not None:
-            if probe.get("config") != meta_cfg:
-                raise ValueError(
-                    f"the checkpoint in {ckdir} was written with a different config; resume "
-                    f"with the same config or use a fresh directory."
-                )
-            loaded = load_checkpoint(ckdir, state_template(probe["stage"], model))
-            assert loaded is not None
-            restored, meta = loaded
-            model = restored["model"]
-            start_stage, start_step = meta["stage"], meta["stage_step"]
-            lr_scale = meta["lr_scale"]
-            hist, theta_hist, val_hist = meta["history"], meta["theta"], meta["val"]
-            elapsed_before = meta.get("seconds", 0.0)
-            resumed_from = meta["global_step"]
-
-    prog = None
-    if progress:
-        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-        prog = Progress(
-            TextColumn("[bold]{task.fields[stage]}"),
-            BarColumn(),
-            TextColumn("{task.completed}/{task.total}"),
-            TimeRemainingColumn(),
-            TextColumn("{task.fields[info]}"),
-            transient=True,
-        )
-        prog.start()
-        task = prog.add_task("fit", total=total_steps, stage="", info="")
-        prog.update(task, completed=sum(s.steps for s in stages[:start_stage]) + start_step)
-
-    global_step = sum(s.steps for s in stages[:start_stage]) + start_step
-    weights = loss_weights(config)
-    try:
-        for si in range(start_stage, len(stages)):
-            stage = stages[si]
-            trainable, static = _split(model, stage)
-            opt_state = _init_opt_state(config, stage, trainable)
-            best_model, best_val = model, np.inf
-            first = 0
-            if restored is not None and si == start_stage:
-                opt_state = restored["opt"]
-                best_model = restored["best"]
-                best_val = meta.get("best_val")
-                best_val = np.inf if best_val is None else best_val
-                first = start_step
-                restored = None
-            steps_fns: dict[int, Any] = {}
-            val_fn = _val_loss_fn(stage, config.memory)
-            val_windows = None
-            if val_arr is not None:
-                val_windows = val_arr[:, : max_h + 1]
-            rejects, since_best = 0, 0
-            stage_key = jax.random.fold_in(base_key, si)
-            for k in range(first, stage.steps):
-                h = _horizon_at(config, k, stage.steps)
-                if h not in steps_fns:
-                    steps_fns[h] = _compiled_step(_structural(config), stage, h)
-                key = jax.random.fold_in(stage_key, k)
-                trainable, opt_state, loss, parts, ok = steps_fns[h](
-                    trainable,
-                    opt_state,
-                    static,
-                    data,
-                    key,
-                    dict(weights, lr_scale=jnp.asarray(lr_scale)),
-                )
-                ok = bool(ok)
-                model = _combine(trainable, static)
-                hist["step"].append(global_step)
-                hist["stage"].append(si)
-                hist["loss"].append(float(loss))
-                for name in ("data", "physics", "prior", "closure", "grad_norm"):
-                    hist[name].append(float(parts[name]) if name in parts else 0.0)
-                hist["lr_scale"].append(lr_scale)
-                hist["rejected"].append(not ok)
-                row = _theta_row(model)
-                for name, v in row.items():
-                    theta_hist[name].append(v)
-                if ok:
-                    rejects = 0
-                else:
-                    rejects += 1
-                    lr_scale *= config.reject_factor
-                    if rejects >= config.max_rejects:
-                        where = f" ({ckdir} holds the last good checkpoint)" if ckdir else ""
-                        raise TrainingDiverged(
-                            f"training diverged at step {global_step} (stage "
-                            f"{stage.name!r}): loss or gradients were NaN/Inf for "
-                            f"{rejects} consecutive steps even after lowering the learning "
-                            f"rate to {lr_scale:.3g}x{where}. Remedy: lower lr_theta/lr_net "
-                            f"or the horizon, reduce dt, or bound θ_s with a constraint."
-                        )
-                global_step += 1
-                stop = False
-                if val_windows is not None and (
-                    (k + 1) % config.val_every == 0 or k + 1 == stage.steps
-                ):
-                    vl = float(val_fn(model, val_windows))
-                    val_hist["step"].append(global_step)
-                    val_hist["loss"].append(vl)
-                    if vl < best_val:
-                        best_val, best_model, since_best = vl, model, 0
-                    else:
-                        since_best += 1
-                        if config.patience is not None and since_best >= config.patience:
-                            stop = True
-                if (
-                    ckdir is not None
-                    and config.checkpoint_every
-                    and (global_step % config.checkpoint_every == 0)
-                ):
-                    save_checkpoint(
-                        ckdir,
-                        {"model": model, "opt": opt_state, "best": best_model},
-                        {
-                            "stage": si,
-                            "stage_step": k + 1,
-                            "global_step": global_step,
-                            "lr_scale": lr_scale,
-                            "best_val": best_val if np.isfinite(best_val) else None,
-                            "history": hist,
-                            "theta": theta_hist,
-                            "val": val_hist,
-                            "config": meta_cfg,
-                            "seconds": elapsed_before + time.perf_counter() - t0,
-                        },
-                    )
-                if prog is not None:
-                    info = f"loss {float(loss):.3e} " + " ".join(
-                        f"{n}={v:.4g}" for n, v in row.items()
-                    )
-                    prog.update(task, advance=1, stage=stage.name, info=info)
-                if stop:
-                    if prog is not None:
-                        prog.update(task, advance=stage.steps - k - 1)
-                    global_step += stage.steps - k - 1
-                    break
-            if val_windows is not None and np.isfinite(best_val):
-                model = best_model
-    finally:
-        if prog is not None:
-            prog.stop()
-
-    history = {k: np.asarray(v) for k, v in hist.items()}
-    for name, v in theta_hist.items():
-        history[f"theta/{name}"] = np.asarray(v)
-    history["val_step"] = np.asarray(val_hist["step"])
-    history["val_loss"] = np.asarray(val_hist["loss"])
-    seconds = elapsed_before + time.perf_counter() - t0
-    return FitResult(model, history, config, seconds, resumed_from)
+    run = checkpoints.restore(model, stages) if resume else None
+    if run is None:
+        run = _RunState(model, _History.empty(model))
+    total = sum(s.steps for s in stages)
+    with _Progress(progress, total, completed=run.global_step) as bar:
+        while run.stage < len(stages):
+            _train_stage(run, stages, config, data, val_windows, checkpoints, bar)
+            run.stage, run.stage_step = run.stage + 1, 0
+    return FitResult(run.model, run.history.arrays(), config, run.seconds(), run.resumed_from)

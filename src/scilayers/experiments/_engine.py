@@ -1,0 +1,583 @@
+"""The study engine: standard methods and ablations from a study's hooks, over seeds.
+
+`run_study(study, seeds, out)` trains and evaluates
+
+- reference forecasts: ``persistence`` (repeat the start state) and ``climatology`` (the
+  training mean), so a method worse than doing nothing shows at a glance;
+- ``pure_physics`` (prior θ_s), ``pure_physics_calibrated`` (θ_s fitted through the
+  solver, no network), ``pinn`` (θ_s fixed at the prior, fitted per trajectory, Adam then
+  L-BFGS), ``sequential_hybrid`` (calibrate, then a post-hoc residual network),
+  ``neural_emulator`` (no physics), and the hybrid closure trained ``fixed`` / ``staged`` /
+  ``joint``;
+- ablations: strategy, λ_p sweep, learned vs fixed θ_s, identifiability variants
+  (unrestricted, orthogonal, the study's projections) and training-set size;
+
+caches each (run, seed) under ``OUT/runs`` (a killed study resumes with ``--resume``), and
+writes ``OUT/results.json`` (schema in ``docs/design.md``), ``OUT/arrays.npz`` and the
+report. Every trained method shares the study's `TrainConfig` budget; seeds differ only in
+initialisation and data order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import time
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .. import metrics as M
+from ..baselines import calibrate, fit_pinn, neural_emulator, sequential_hybrid
+from ..hybrid import Hybrid, NeuralStepper
+from ..hybrid import identifiability as identifiability_of
+from ..params import named, set_values, values
+from ..solvers import rollout
+from ..training import fit
+from ._common import RunCache, environment, write_json
+from ._study import AbstractStudy, EvalSet, Problem
+
+REFERENCE = ("persistence", "climatology")
+METHODS = (
+    "pure_physics",
+    "pure_physics_calibrated",
+    "pinn",
+    "sequential_hybrid",
+    "neural_emulator",
+    "hybrid_fixed_theta",
+    "hybrid_staged",
+    "hybrid_joint",
+)
+LABELS = {
+    "persistence": "persistence (repeat the start state)",
+    "climatology": "climatology (training mean)",
+    "pure_physics": "physics, prior θ_s",
+    "pure_physics_calibrated": "physics, θ_s calibrated (no network)",
+    "pinn": "PINN, θ_s fixed at prior (Adam + L-BFGS)",
+    "sequential_hybrid": "calibrate θ_s, then post-hoc residual net",
+    "neural_emulator": "neural emulator (no physics)",
+    "hybrid_fixed_theta": "hybrid closure, θ_s fixed at prior",
+    "hybrid_staged": "hybrid closure, staged",
+    "hybrid_joint": "hybrid closure, joint",
+}
+CONVERGENCE_RULE = (
+    "converged if the mean training data loss over the last 10 % of steps is within 5 % of "
+    "the mean over the 10 % before them (a plateau), or if validation early-stopped"
+)
+
+
+# --------------------------------------------------------------------------------- runs
+
+
+def train_runs(study: AbstractStudy, n_train: int) -> dict[str, dict]:
+    """Every trained configuration of a study: run name → options."""
+    cfg = study.cfg
+    main = cfg.identifiable
+    runs: dict[str, dict] = {
+        "pure_physics_calibrated": {"kind": "calibrate"},
+        "sequential_hybrid": {"kind": "sequential"},
+        "neural_emulator": {"kind": "emulator"},
+        "hybrid_fixed_theta": {"kind": "hybrid", "strategy": "fixed"},
+        "hybrid_staged": {"kind": "hybrid", "strategy": "staged"},
+        "hybrid_joint": {"kind": "hybrid", "strategy": "joint"},
+    }
+    variants = list(dict.fromkeys([*cfg.closure_variants, *study.projections()]))
+    for v in variants:
+        if v != main:
+            runs[f"abl_closure_{v}_joint"] = {"kind": "hybrid", "strategy": "joint", "closure": v}
+            runs[f"abl_closure_{v}_fixed"] = {"kind": "hybrid", "strategy": "fixed", "closure": v}
+    for lp in cfg.lambda_sweep:
+        if lp != cfg.lambda_physics:
+            runs[f"abl_lambda_{lp:g}"] = {"kind": "hybrid", "strategy": "joint", "lambda": lp}
+    for size in cfg.data_sizes:
+        if size < n_train:
+            for m in cfg.data_methods:
+                runs[f"abl_data_{size}_{m}"] = dict(runs[m], n_train=size, data_of=m)
+    return runs
+
+
+def _closure_kwargs(study: AbstractStudy, variant: str) -> tuple[dict, bool]:
+    """``Hybrid`` keyword arguments of a closure variant, and whether the net is odd."""
+    if variant == "unrestricted":
+        return {}, False
+    if variant == "orthogonal":
+        return {"identifiable": "orthogonal"}, False
+    projections = study.projections()
+    if variant not in projections:
+        raise ValueError(
+            f"unknown closure variant {variant!r}; choose 'unrestricted', 'orthogonal' or one "
+            f"of the study's projections {sorted(projections)}."
+        )
+    proj = projections[variant]
+    return {"projection": proj}, bool(getattr(proj, "odd_network", True))
+
+
+def _key(name: str, seed: int):
+    return jax.random.fold_in(jax.random.key(seed), zlib.crc32(name.encode()) % (2**31))
+
+
+def _train(study: AbstractStudy, problem: Problem, name: str, opts: dict, seed: int, ckpt: Path,
+           resume: bool, progress: bool):  # fmt: skip
+    cfg = study.cfg
+    tc = cfg.train.replace(seed=seed, lambda_physics=opts.get("lambda", cfg.lambda_physics))
+    key = _key(opts.get("data_of", name), seed)
+    train = problem.train[: opts["n_train"]] if "n_train" in opts else problem.train
+    kw: dict = {"val": problem.val, "progress": progress}
+    if cfg.checkpoint_every:
+        tc = tc.replace(checkpoint_every=cfg.checkpoint_every)
+        kw.update(checkpoint_dir=ckpt, resume=resume or (ckpt / "checkpoint.json").exists())
+    kind = opts["kind"]
+    if kind == "calibrate":
+        return calibrate(study.physics(), train, tc, **kw)
+    if kind == "sequential":
+        return sequential_hybrid(study.physics(), study.closure(key), train, tc, **kw)
+    if kind == "emulator":
+        shape = problem.eval_sets["id"].state_shape
+        return neural_emulator(study.emulator(key), shape, train, tc, **kw)
+    hkw, odd = _closure_kwargs(study, opts.get("closure", cfg.identifiable))
+    model = Hybrid(study.physics(), study.closure(key, odd=odd), coupling="closure", **hkw)
+    return fit(model, train, tc.replace(strategy=opts["strategy"]), **kw)
+
+
+def transfer(study: AbstractStudy, model, eval_set: EvalSet):
+    """``model`` (trained on the training domain) moved onto ``eval_set``'s domain: the
+    study's physics there, with the learned θ_s and the network weights carried over."""
+    if eval_set.name == "id":
+        return model
+    if isinstance(model, NeuralStepper):
+        return NeuralStepper(model.net, eval_set.state_shape, model.dt, model.scale)
+    if isinstance(model, Hybrid):
+        return eqx.tree_at(lambda h: h.step, model, transfer(study, model.step, eval_set))
+    fresh = study.physics(eval_set)
+    learned = {k: v for k, v in values(model).items() if k in named(fresh)}
+    return set_values(fresh, **learned)
+
+
+@eqx.filter_jit
+def _predict(step, u0, n_steps: int):
+    return jax.vmap(lambda u: rollout(step, u, n_steps, check_finite=False))(u0)
+
+
+def _reference(name: str, problem: Problem, es: EvalSet, steps: int) -> np.ndarray:
+    u0 = es.data[:, es.start]
+    if name == "persistence":
+        return np.repeat(u0[:, None], steps + 1, axis=1)
+    train = np.asarray(problem.train, dtype=np.float64)
+    mean = train.mean(axis=(0, 1))
+    if mean.shape != es.state_shape:  # another grid: the scalar climatological mean
+        mean = np.full(es.state_shape, train.mean())
+    pred = np.broadcast_to(mean, (u0.shape[0], steps + 1, *es.state_shape)).copy()
+    pred[:, 0] = u0
+    return pred
+
+
+# ---------------------------------------------------------------------------- evaluation
+
+
+def evaluate(study: AbstractStudy, problem: Problem, preds: dict[str, np.ndarray],
+             lyap: dict[str, float]) -> dict:  # fmt: skip
+    """Metrics of predictions ``{set: (batch, 1 + steps, *state)}`` from the forecast start."""
+    cfg = study.cfg
+    out: dict = {}
+    for name, pred in preds.items():
+        es = problem.eval_sets[name]
+        s = es.start
+        steps = pred.shape[1] - 1
+        truth = es.data[: pred.shape[0], s : s + steps + 1]
+        per_step = M.mse_by_step(pred, truth)
+        h = min(cfg.main_horizon, steps)
+        mse = float(per_step[1 : h + 1].mean())
+        corr = float(M.correlation_time(pred, truth, cfg.dt).mean())
+        out[f"{name}_mse"] = mse
+        out[f"{name}_nmse"] = M.normalised(mse, truth)
+        out[f"{name}_corr_time"] = corr
+        if lyap.get(name):
+            out[f"{name}_corr_time_lyap"] = corr * lyap[name]
+        out[f"{name}_diverged"] = M.diverged_fraction(pred)
+        out[f"{name}_horizon"] = [
+            float(per_step[k]) if k <= steps else float("nan") for k in cfg.horizons
+        ]
+        phys = study.truth_model(es)
+        key = "physics_residual" if name == "id" else f"physics_residual_{name}"
+        out[key] = M.physics_residual(phys, pred[:, : h + 1], cfg.dt) if phys is not None else None
+        for k, v in study.extra_metrics(es, pred, truth).items():
+            out[f"{name}_{k}"] = v
+    return out
+
+
+def _convergence(history: dict, early_stopped: bool) -> dict:
+    data = np.asarray(history.get("data", history.get("loss", [])), dtype=float)
+    if data.size < 20:
+        return {"final_loss": float(data[-1]) if data.size else None, "converged": early_stopped,
+                "steps": int(data.size)}  # fmt: skip
+    k = max(1, data.size // 10)
+    last, before = data[-k:].mean(), data[-2 * k : -k].mean()
+    plateau = bool(np.isfinite(last) and abs(before - last) <= 0.05 * abs(before))
+    return {"final_loss": float(last), "converged": plateau or early_stopped,
+            "steps": int(data.size)}  # fmt: skip
+
+
+def run_one(study: AbstractStudy, problem: Problem, name: str, opts: dict | None, seed: int,
+            out: Path, resume: bool, progress: bool, lyap: dict[str, float]):  # fmt: skip
+    """Train (if needed) and evaluate one method or ablation run for one seed."""
+    cfg = study.cfg
+    t0 = time.perf_counter()
+    steps = cfg.corr_steps
+    preds: dict[str, np.ndarray] = {}
+    metrics: dict = {}
+    model = None
+    if name in REFERENCE:
+        preds = {k: _reference(name, problem, es, steps) for k, es in problem.eval_sets.items()}
+    elif name == "pinn":
+        preds, metrics["convergence"] = _pinn(study, problem, seed)
+        model = study.physics()
+    else:
+        if name == "pure_physics":
+            model, history = study.physics(), None
+        else:
+            ckpt = out / "checkpoints" / name / f"seed{seed}"
+            res = _train(study, problem, name, opts, seed, ckpt, resume, progress)
+            model, history = res.model, res.history
+            early = len(history.get("val_step", [])) > 0 and int(history["step"][-1]) + 1 < int(
+                cfg.train.steps
+            )
+            metrics["convergence"] = dict(_convergence(history, early), criterion=CONVERGENCE_RULE)
+            metrics["theta_history"] = {
+                k.split("/", 1)[1]: np.asarray(v, dtype=float).tolist()
+                for k, v in history.items()
+                if k.startswith("theta/")
+            }
+        for k, es in problem.eval_sets.items():
+            u0 = jnp.asarray(es.data[:, es.start])
+            preds[k] = np.asarray(_predict(transfer(study, model, es), u0, steps))
+    metrics.update(evaluate(study, problem, preds, lyap))
+    metrics["train_seconds"] = time.perf_counter() - t0
+    metrics["theta"] = {} if model is None else {
+        k: float(np.mean(np.asarray(v))) for k, v in values(model).items()
+    }  # fmt: skip
+    arrays = {}
+    if seed == 0:
+        for k, p in preds.items():
+            arrays[k] = p[0, : cfg.field_steps + 1].astype(np.float32)
+    return metrics, arrays
+
+
+def _pinn(study: AbstractStudy, problem: Problem, seed: int):
+    cfg = study.cfg
+    preds, conv = {}, {"final_loss": [], "converged": [], "steps": []}
+    for k, es in problem.eval_sets.items():
+        model = study.pinn_model(es)
+        if model is None or cfg.pinn is None:
+            return {}, None
+        s = es.start
+        window = jnp.asarray(es.data[: cfg.pinn_trajectories, : s + 1])
+        pc = dataclasses.replace(cfg.pinn, seed=seed)
+        pred, info = fit_pinn(model, window, cfg.dt, cfg.main_horizon, pc)
+        preds[k] = np.asarray(pred)[:, s:]
+        conv["final_loss"] += np.asarray(info["final_loss"]).tolist()
+        conv["converged"] += np.asarray(info["converged"]).tolist()
+        conv["steps"] += np.asarray(info["lbfgs_iterations"]).tolist()
+    final = float(np.mean(conv["final_loss"]))
+    return preds, {
+        "final_loss": final,
+        "converged": bool(np.mean(conv["converged"]) >= 0.5),
+        "converged_fraction": float(np.mean(conv["converged"])),
+        "steps": float(np.mean(conv["steps"])),
+        "criterion": f"Adam {cfg.pinn.adam_steps} steps, then L-BFGS up to "
+        f"{cfg.pinn.lbfgs_steps} iterations; {getattr(cfg.pinn, 'criterion', '')}".strip("; "),
+    }
+
+
+# ------------------------------------------------------------------------- aggregation
+
+
+def _theta_block(study: AbstractStudy, per_seed: list[dict], poorly: set[str]) -> dict:
+    prior = {k: p for k, p in named(study.physics()).items() if not p.fixed}
+    true = values(study.truth_model())
+    out = {}
+    for k, p in prior.items():
+        learned = [m["theta"][k] for m in per_seed if k in m.get("theta", {})]
+        if not learned:
+            continue
+        entry = {"initial": float(p.value), "learned": learned}
+        if k in true:
+            t = float(np.mean(np.asarray(true[k])))
+            entry["true"] = t
+            entry["rel_error"] = M.summary([M.relative_error(v, t) for v in learned])
+        if k in poorly:
+            entry["identifiable"] = False
+        out[k] = entry
+    return out
+
+
+def aggregate(study: AbstractStudy, problem: Problem, per_seed: list[dict],
+              poorly: set[str] = frozenset()) -> dict:  # fmt: skip
+    """Mean ± std over seeds of every metric of one run."""
+    keys = sorted(
+        {k for m in per_seed for k, v in m.items()
+         if isinstance(v, int | float) or (v is None and not k.endswith("horizon"))}
+    )  # fmt: skip
+    out: dict = {k: M.summary([m.get(k) for m in per_seed]) for k in keys}
+    out["horizon_mse"] = {}
+    for name in problem.eval_sets:
+        rows = [m[f"{name}_horizon"] for m in per_seed if f"{name}_horizon" in m]
+        if rows:
+            arr = np.asarray(rows, dtype=float)
+            with np.errstate(invalid="ignore", over="ignore"):
+                out["horizon_mse"][name] = {
+                    "steps": list(study.cfg.horizons),
+                    "mean": arr.mean(0).tolist(),
+                    "std": arr.std(0).tolist(),
+                }
+    out["theta"] = _theta_block(study, per_seed, set(poorly))
+    conv = [m["convergence"] for m in per_seed if m.get("convergence")]
+    if conv:
+        out["convergence"] = {
+            "criterion": conv[0].get("criterion", CONVERGENCE_RULE),
+            "final_loss": M.summary([c["final_loss"] for c in conv]),
+            "converged": [bool(c["converged"]) for c in conv],
+            "steps": M.summary([c["steps"] for c in conv]),
+        }
+    hist = [m["theta_history"] for m in per_seed if m.get("theta_history")]
+    if hist:
+        out["theta_history"] = {
+            k: [h[k] for h in hist if k in h] for k in out["theta"] if any(k in h for h in hist)
+        }
+    return out
+
+
+def _data_efficiency(study: AbstractStudy, problem: Problem, agg: dict) -> dict | None:
+    cfg = study.cfg
+    n_all = int(problem.train.shape[0])
+    sizes = [s for s in cfg.data_sizes if s < n_all] + [n_all]
+    if len(sizes) < 2:
+        return None
+    sets = list(problem.eval_sets)[:2]
+    methods = {}
+    for m in cfg.data_methods:
+        runs = [agg.get(f"abl_data_{s}_{m}") for s in sizes[:-1]] + [agg.get(m)]
+        if any(r is None for r in runs):
+            continue
+        methods[m] = {f"{k}_mse": [r[f"{k}_mse"] for r in runs] for k in sets}
+    if not methods:
+        return None
+    threshold = 2.0 * min(
+        r["mean"] for v in methods.values() for r in v["id_mse"] if r["mean"] is not None
+    )
+    needed = {}
+    for m, v in methods.items():
+        ok = [s for s, r in zip(sizes, v["id_mse"], strict=True)
+              if r["mean"] is not None and r["mean"] <= threshold]  # fmt: skip
+        needed[m] = ok[0] if ok else None
+    winner: dict = {}
+    for k in sets:
+        winner[k] = {}
+        for i, s in enumerate(sizes):
+            best = min(
+                ((v[f"{k}_mse"][i]["mean"], m) for m, v in methods.items()
+                 if v[f"{k}_mse"][i]["mean"] is not None), default=(None, None)
+            )  # fmt: skip
+            winner[k][str(s)] = best[1]
+    return {
+        "sizes": sizes,
+        "sets": sets,
+        "methods": methods,
+        "threshold": {"set": "id", "mse": threshold,
+                      "rule": "twice the best in-domain MSE reached at any size"},
+        "needed": needed,
+        "winner": winner,
+    }  # fmt: skip
+
+
+def _ablations(study: AbstractStudy, agg: dict) -> dict:
+    cfg = study.cfg
+    main = cfg.identifiable
+    lam = {f"{cfg.lambda_physics:g}": agg["hybrid_joint"]}
+    for lp in cfg.lambda_sweep:
+        if lp != cfg.lambda_physics:
+            lam[f"{lp:g}"] = agg[f"abl_lambda_{lp:g}"]
+    closure = {f"{main} (main), learned θ_s": agg["hybrid_joint"],
+               f"{main} (main), fixed θ_s": agg["hybrid_fixed_theta"]}  # fmt: skip
+    for v in dict.fromkeys([*cfg.closure_variants, *study.projections()]):
+        if v != main:
+            closure[f"{v}, learned θ_s"] = agg[f"abl_closure_{v}_joint"]
+            closure[f"{v}, fixed θ_s"] = agg[f"abl_closure_{v}_fixed"]
+    out = {
+        "strategy": {"joint": agg["hybrid_joint"], "staged": agg["hybrid_staged"],
+                     "fixed": agg["hybrid_fixed_theta"]},
+        "lambda_physics": {k: lam[k] for k in sorted(lam, key=float)},
+        "identifiability": closure,
+    }  # fmt: skip
+    data = {}
+    for name, entry in agg.items():
+        if name.startswith("abl_data_"):
+            size, method = name[len("abl_data_") :].split("_", 1)
+            data[f"{method}, {size} trajectories"] = entry
+    if data:
+        out["data_efficiency"] = data
+    return out
+
+
+# ------------------------------------------------------------------------------- study
+
+
+def run_study(study: AbstractStudy, seeds: list[int], out: Path, *, resume: bool = False,
+              progress: bool = True, cache_dir: Path | None = None,
+              log: Callable[[str], None] = print) -> dict:  # fmt: skip
+    """Run every method and ablation of ``study`` over ``seeds``; write results, arrays and
+    the report into ``out``."""
+    t_start = time.perf_counter()
+    cfg = study.cfg
+    out = Path(out)
+    if not resume:
+        for sub in ("runs", "checkpoints"):
+            shutil.rmtree(out / sub, ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
+    cache = RunCache(out / "runs")
+    cache_dir = cache_dir if cache_dir is not None else out.parent / ".cache"
+    problem = study.problem(cache_dir, progress)
+    sets = ", ".join(f"{k}: {v.data.shape[0]} ({v.label})" for k, v in problem.eval_sets.items())
+    log(f"truth: {problem.train.shape[0]} train / {problem.val.shape[0]} val trajectories; "
+        f"evaluation sets {sets}")  # fmt: skip
+    lyap = study.lyapunov(problem, progress)
+    if lyap:
+        log("truth λ₁: " + ", ".join(f"{k} {v:.4f} (Lyapunov time {1 / v:.1f})"
+                                      for k, v in lyap.items()))  # fmt: skip
+    ident = _identifiability(study, problem)
+    poorly = set(ident.get("poorly_identified", [])) if ident else set()
+
+    runs = train_runs(study, int(problem.train.shape[0]))
+    names = [*REFERENCE, *METHODS, *[n for n in runs if n not in METHODS]]
+    data_seeds = seeds if cfg.data_seeds is None else seeds[: cfg.data_seeds]
+    results: dict[str, list[dict]] = {}
+    fields: dict[str, np.ndarray] = {}
+    for name in names:
+        results[name] = []
+        for seed in data_seeds if name.startswith("abl_data_") else seeds:
+            hit = cache.get(name, seed)
+            if hit is None:
+                metrics, arr = run_one(study, problem, name, runs.get(name), seed, out, resume,
+                                       progress, lyap)  # fmt: skip
+                cache.put(name, seed, metrics, arr)
+            else:
+                metrics, arr = hit
+            results[name].append(metrics)
+            if seed == seeds[0] and name in (*REFERENCE, *METHODS):
+                for k, v in arr.items():
+                    fields[f"pred_{k}__{name}"] = v
+        if not results[name] or all(not m for m in results[name]):
+            continue
+        m = aggregate(study, problem, results[name], poorly)
+        th = {p: np.round(v["learned"], 4).tolist() for p, v in m["theta"].items()}
+        mse = "  ".join(f"{k} {_fmt(m.get(f'{k}_mse'))}" for k in problem.eval_sets)
+        log(f"{name:40s} {mse}  θ {th}")
+
+    agg = {n: aggregate(study, problem, r, poorly) for n, r in results.items() if r}
+    methods = {}
+    for name in (*REFERENCE, *METHODS):
+        if name == "pinn" and not any(m.get("id_mse") is not None for m in results[name]):
+            continue  # the PINN does not apply to this study
+        methods[name] = {"label": LABELS[name], **agg[name]}
+        if name in REFERENCE:
+            methods[name]["reference"] = True
+    ablations = _ablations(study, agg)
+
+    arrays_out: dict[str, np.ndarray] = {"dt": np.asarray(cfg.dt)}
+    for k, es in problem.eval_sets.items():
+        s = es.start
+        arrays_out[f"truth_{k}"] = es.data[0, s : s + cfg.field_steps + 1]
+        if "x" in es.context:
+            arrays_out[f"x_{k}"] = np.asarray(es.context["x"])
+    arrays_out.update(fields)
+    np.savez(out / "arrays.npz", **arrays_out)
+
+    wall = time.perf_counter() - t_start
+    results_json = {
+        "experiment": study.name,
+        "preset": cfg.preset,
+        "seeds": list(seeds),
+        "config": cfg.to_dict(),
+        "environment": environment(),
+        "main_horizon_steps": cfg.main_horizon,
+        "dt": cfg.dt,
+        "eval_sets": list(problem.eval_sets),
+        "eval_set_labels": {k: v.label for k, v in problem.eval_sets.items()},
+        "field_kind": study.field_kind,
+        "methods": methods,
+        "ablations": ablations,
+        "truth": {
+            "lyapunov_exponent": lyap,
+            "lyapunov_time": {k: 1 / v for k, v in lyap.items() if v > 0},
+            "checks": study.truth_checks(problem),
+        },
+        "wall_seconds": wall,
+    }
+    if ident:
+        results_json["identifiability"] = ident
+    de = _data_efficiency(study, problem, agg)
+    if de:
+        results_json["data_efficiency"] = de
+    results_json["targets"] = _generic_targets(results_json) + study.targets(results_json)
+    results_json["notes"] = _generic_notes(study, problem) + study.notes(problem)
+    results_json["figures"] = study.figures(out, results_json, arrays_out)
+    write_json(out / "results.json", results_json)
+    return results_json
+
+
+def _identifiability(study: AbstractStudy, problem: Problem) -> dict | None:
+    """Fisher information of the free θ_s on (a slice of) the training data."""
+    try:
+        res = identifiability_of(study.physics(), jnp.asarray(problem.train[:16, :41]))
+    except (ValueError, NotImplementedError):
+        return None
+    out = res.to_dict()
+    out["params"], out["correlation"] = out["names"], out["correlations"]
+    return out
+
+
+def _fmt(stat: dict | None) -> str:
+    if not stat or stat.get("mean") is None:
+        return "—"
+    return f"{stat['mean']:.3e} ± {stat['std']:.1e}"
+
+
+def _generic_targets(res: dict) -> list[dict]:
+    """Targets every study shares: beat doing nothing; every method converged."""
+    methods = res["methods"]
+    out = []
+    ref = [methods[r]["id_mse"]["mean"] for r in REFERENCE if r in methods]
+    best_ref = min((v for v in ref if v is not None), default=None)
+    joint = methods.get("hybrid_joint", {}).get("id_mse", {}).get("mean")
+    if best_ref is not None and joint is not None:
+        out.append({"name": "hybrid_joint in-domain MSE below the best trivial forecast",
+                    "value": f"{joint:.3g} vs {best_ref:.3g}", "target": "lower",
+                    "pass": bool(joint < best_ref)})  # fmt: skip
+    unconverged = [
+        m for m, v in methods.items()
+        if "convergence" in v and not all(v["convergence"]["converged"])
+    ]  # fmt: skip
+    out.append({"name": "every trained method meets its convergence criterion on every seed",
+                "value": "all" if not unconverged else "not: " + ", ".join(unconverged),
+                "target": "all", "pass": not unconverged})  # fmt: skip
+    return out
+
+
+def _generic_notes(study: AbstractStudy, problem: Problem) -> list[str]:
+    cfg = study.cfg
+    return [
+        f"MSE columns are the mean over forecast steps 1..{cfg.main_horizon} "
+        f"({cfg.main_horizon * cfg.dt:g} time units) of rollouts from the same start states; "
+        f"correlation times are capped at the evaluated span ({cfg.corr_steps * cfg.dt:g}).",
+        "persistence repeats the start state; climatology forecasts the training mean. A "
+        "method with a larger MSE than these is worse than doing nothing.",
+        f"Convergence: {CONVERGENCE_RULE}.",
+        f"The PINN is fitted per trajectory on the {cfg.context_steps} states before the "
+        f"forecast start (information the other methods do not get), on the first "
+        f"{cfg.pinn_trajectories} trajectories of each set, and forecasts {cfg.main_horizon} "
+        f"steps; its θ_s stay at the prior.",
+    ]

@@ -1,0 +1,225 @@
+"""The study protocol: what a domain supplies so that the engine can run a whole study.
+
+A study is one subclass of `AbstractStudy` plus one line in the registry
+(`scilayers.experiments.STUDIES`). The engine (`run_study`) builds the standard methods and
+ablations from its hooks, runs seeds, caches each (method, seed), and writes
+``results.json``, ``arrays.npz`` and the report. Everything here is domain-free.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import equinox as eqx
+import numpy as np
+
+from ..baselines import PINNConfig
+from ..training import TrainConfig
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """What every study's config holds (a study subclasses it and adds its domain fields).
+
+    **Arguments:**
+
+    - `preset`: the preset's name (recorded in results).
+    - `dt`: time between saved (observed) states.
+    - `context_steps`: states of every evaluation trajectory before the forecast start;
+      the PINN fits them, every other method starts from the last one.
+    - `corr_steps`: forecast steps evaluated (for the correlation time and figures).
+    - `main_horizon`: steps averaged in the main MSE columns (``1 … main_horizon``).
+    - `horizons`: steps at which the MSE curve is recorded.
+    - `field_steps`: steps of the first test trajectory kept for the field figures.
+    - `identifiable`: how the main hybrids keep θ_s identifiable: ``"orthogonal"`` (the
+      library's sensitivity projection), ``"unrestricted"``, or the name of one of the
+      study's projections (`AbstractStudy.projections`).
+    - `closure_variants`: the closures of the identifiability ablation.
+    - `lambda_physics`: λ_p of the hybrids (fixed a priori, not tuned on test data);
+      `lambda_sweep`: the λ_p ablation.
+    - `data_sizes`: training-set sizes (trajectories) of the data-efficiency ablation,
+      besides "all"; `data_methods`: the methods it trains; `data_seeds`: how many of the
+      seeds it uses (``None``: all).
+    - `pinn`: the PINN's training config (``None``: no PINN); `pinn_trajectories`: how
+      many trajectories of each evaluation set the PINN is fitted to (it is fitted per
+      trajectory).
+    - `checkpoint_every`: training checkpoints (steps) so a killed study resumes.
+    - `train`: the training budget every trained method shares.
+    """
+
+    preset: str = "quick"
+    dt: float = 0.25
+    context_steps: int = 20
+    corr_steps: int = 200
+    main_horizon: int = 40
+    horizons: tuple[int, ...] = (4, 10, 20, 40, 80, 160)
+    field_steps: int = 160
+    identifiable: str = "orthogonal"
+    closure_variants: tuple[str, ...] = ("unrestricted", "orthogonal")
+    lambda_physics: float = 0.0
+    lambda_sweep: tuple[float, ...] = (0.0, 1e-2, 1e-1, 1.0)
+    data_sizes: tuple[int, ...] = (1, 4, 16, 64)
+    data_methods: tuple[str, ...] = (
+        "hybrid_joint",
+        "hybrid_fixed_theta",
+        "sequential_hybrid",
+        "neural_emulator",
+    )
+    data_seeds: int | None = None
+    pinn: PINNConfig | None = field(default_factory=PINNConfig)
+    pinn_trajectories: int = 8
+    checkpoint_every: int = 100
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self):
+        if self.main_horizon > self.corr_steps:
+            raise ValueError(
+                f"main_horizon={self.main_horizon} must not exceed corr_steps={self.corr_steps}."
+            )
+        if self.context_steps < 1:
+            raise ValueError(f"context_steps must be >= 1, got {self.context_steps}.")
+        if any(s < 1 for s in self.data_sizes):
+            raise ValueError(f"data_sizes must be positive, got {self.data_sizes}.")
+
+    def replace(self, **changes) -> StudyConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        out = {}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            out[f.name] = v.to_dict() if hasattr(v, "to_dict") else (
+                dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v
+            )
+        return out
+
+
+@dataclass
+class EvalSet:
+    """A named evaluation set: ``data`` of shape ``(batch, context_steps + corr_steps,
+    *state)`` whose forecasts start at index ``start`` (``context_steps - 1``); ``context``
+    holds what the study needs to move a model onto it (e.g. the domain length, and ``x``,
+    the grid, for figures); ``label`` says in words what was shifted."""
+
+    name: str
+    data: np.ndarray
+    start: int
+    context: dict[str, Any] = field(default_factory=dict)
+    label: str = ""
+
+    @property
+    def state_shape(self) -> tuple[int, ...]:
+        return tuple(self.data.shape[2:])
+
+
+@dataclass
+class Problem:
+    """Truth cut into splits: training and validation trajectories on the training domain,
+    and the evaluation sets (the first is in-domain, named ``"id"``)."""
+
+    train: np.ndarray
+    val: np.ndarray
+    eval_sets: dict[str, EvalSet]
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if next(iter(self.eval_sets), None) != "id":
+            raise ValueError("the first evaluation set must be the in-domain one, named 'id'.")
+
+
+class AbstractStudy(abc.ABC):
+    """One study: the hooks a domain supplies. The engine does everything else.
+
+    Class attributes: `name` (the CLI name), `title`, `description`, `presets`
+    (``{name: StudyConfig}``), `field_kind` (``"1d"``, ``"2d"`` or ``"series"``: how the
+    report draws fields). An instance holds the resolved config as ``self.cfg``.
+
+    θ_s are never restated: their prior values are read from the `Param`s of `physics`,
+    their true values from the `Param`s of `truth_model` (same names), the learned ones
+    from the trained model.
+    """
+
+    name: ClassVar[str]
+    title: ClassVar[str]
+    description: ClassVar[str] = ""
+    presets: ClassVar[dict[str, StudyConfig]]
+    field_kind: ClassVar[str] = "1d"
+
+    def __init__(self, cfg: StudyConfig, data_dir: Path | None = None):
+        self.cfg = cfg
+        self.data_dir = data_dir
+
+    # -- truth -----------------------------------------------------------------------------
+    @abc.abstractmethod
+    def problem(self, cache_dir: Path | None, progress: bool) -> Problem:
+        """Generate (or load from ``cache_dir``) the truth and cut it into splits."""
+
+    @abc.abstractmethod
+    def truth_model(self, eval_set: EvalSet | None = None):
+        """The true equation (true θ_s as `Param`s) on ``eval_set``'s grid (``None``: the
+        training grid), for the physics residual and the true θ_s."""
+
+    def lyapunov(self, problem: Problem, progress: bool) -> dict[str, float]:
+        """The truth's leading Lyapunov exponent per evaluation set (``{}``: not chaotic /
+        not measured)."""
+        del problem, progress
+        return {}
+
+    def truth_checks(self, problem: Problem) -> dict[str, Any]:
+        """Checks of the truth's premise, recorded in ``results["truth"]["checks"]``."""
+        del problem
+        return {}
+
+    # -- models ----------------------------------------------------------------------------
+    @abc.abstractmethod
+    def physics(self, eval_set: EvalSet | None = None):
+        """The coarse physics stepper with its mis-specified θ_s prior, on ``eval_set``'s
+        domain (``None``: the training domain)."""
+
+    @abc.abstractmethod
+    def closure(self, key, odd: bool = False) -> eqx.Module:
+        """The hybrid's network (state → tendency); ``odd``: odd by construction."""
+
+    @abc.abstractmethod
+    def emulator(self, key) -> eqx.Module:
+        """The pure neural emulator's network (state → increment)."""
+
+    def projections(self) -> dict[str, Any]:
+        """Symmetry projections this study offers for its closure, by name."""
+        return {}
+
+    def pinn_model(self, eval_set: EvalSet):
+        """The model whose pointwise residual the PINN uses (θ_s at the prior), or
+        ``None`` where a PINN does not apply."""
+        from ..baselines import pinn_applicable
+
+        model = self.physics(eval_set).model
+        return model if pinn_applicable(model) else None
+
+    # -- study-specific output -----------------------------------------------------------
+    def extra_metrics(self, eval_set: EvalSet, pred: np.ndarray, truth: np.ndarray) -> dict:
+        """Extra metrics of predictions on one set, keyed without the set prefix."""
+        del eval_set, pred, truth
+        return {}
+
+    def figures(self, out: Path, results: dict, arrays: dict) -> list[dict]:
+        """Draw study-specific figures into ``out/figures``; return their entries."""
+        del out, results, arrays
+        return []
+
+    def targets(self, results: dict) -> list[dict]:
+        """The study's targets: ``{"name", "value", "target", "pass"}``."""
+        del results
+        return []
+
+    def notes(self, problem: Problem) -> list[str]:
+        del problem
+        return []
+
+    def write_data(self, out: Path, progress: bool) -> str:
+        """Write the study's truth to ``out`` (`scilayers data NAME`); return a summary."""
+        raise NotImplementedError(f"the {self.name} study has no data command.")
