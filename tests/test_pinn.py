@@ -29,37 +29,39 @@ def _mode(length, m):
     def u(x, t):
         return A * jnp.sin(k * x + PHI) * jnp.exp(-SIGMA * t)
 
-    def residual(x, t, a, b, c, d):
-        s, co, e = np.sin(k * x + PHI), np.cos(k * x + PHI), np.exp(-SIGMA * t)
-        u0, ux = A * s * e, A * k * co * e
-        uxx, uxxx, uxxxx = -(k**2) * u0, -(k**3) * A * co * e, k**4 * u0
-        return -SIGMA * u0 + c * u0 * ux + a * uxx + b * uxxxx + d * uxxx
+    def residual(x, t, a, b, c, d, e):
+        s, co, g = np.sin(k * x + PHI), np.cos(k * x + PHI), np.exp(-SIGMA * t)
+        u0, ux = A * s * g, A * k * co * g
+        uxx, uxxx, uxxxx = -(k**2) * u0, -(k**3) * A * co * g, k**4 * u0
+        # (u_x²)_x = 2 u_x u_xx
+        return -SIGMA * u0 + c * u0 * ux + a * uxx + b * uxxxx + d * uxxx - 2 * e * ux * uxx
 
     return u, residual
 
 
 @pytest.mark.parametrize(
-    "length, m, a, b, c, d",
+    "length, m, a, b, c, d, e",
     [
-        (22.0, 3, 1.0, 1.0, 1.0, 0.0),
-        (22.0, 2, 0.8, 1.25, 1.0, 0.5),
-        (2 * math.pi, 1, 0.3, 2.0, -1.7, -0.9),
-        (22.0, 1, 1.0, 1.0, 1.0, None),
+        (22.0, 3, 1.0, 1.0, 1.0, 0.0, None),
+        (22.0, 2, 0.8, 1.25, 1.0, 0.5, None),
+        (2 * math.pi, 1, 0.3, 2.0, -1.7, -0.9, None),
+        (22.0, 1, 1.0, 1.0, 1.0, None, None),
+        (44.0, 4, 1.0, 1.0, 1.0, None, 0.6),
     ],
 )
-def test_ks_residual_matches_closed_form(length, m, a, b, c, d):
-    model = KuramotoSivashinsky(length, 16, a=a, b=b, c=c, d=d)
+def test_ks_residual_matches_closed_form(length, m, a, b, c, d, e):
+    model = KuramotoSivashinsky(length, 16, a=a, b=b, c=c, d=d, e=e)
     u, exact = _mode(length, m)
     xs = np.linspace(0.0, length, 7, endpoint=False) + 0.13
     ts = np.linspace(0.0, 2.0, 7)
     residual = jax.jit(jax.vmap(lambda x, t: pointwise_residual(u, model, x, t)))
     got = residual(jnp.asarray(xs), jnp.asarray(ts))
-    want = exact(xs, ts, a, b, c, 0.0 if d is None else d)
+    want = exact(xs, ts, a, b, c, 0.0 if d is None else d, 0.0 if e is None else e)
     assert got.dtype == jnp.float64
     np.testing.assert_allclose(np.asarray(got), want, rtol=1e-10, atol=1e-10)
 
 
-def test_ks_pde_residual_by_hand():
+def test_pde_residual_by_hand():
     """A constant is a KS solution; a hand-picked point gives the hand-computed value."""
     model = KuramotoSivashinsky(22.0, 16, a=0.5, b=2.0, c=3.0, d=-0.25)
     assert float(model.pde_residual((1.7, 0.0, 0.0, 0.0, 0.0, 0.0))) == 0.0
@@ -68,6 +70,12 @@ def test_ks_pde_residual_by_hand():
     derivs = jnp.asarray([2.0, -1.0, 4.0, 8.0, 0.5, 3.0])
     assert float(model.pde_residual(derivs)) == pytest.approx(-2.0, abs=1e-14)
     assert float(model.pde_residual(tuple(derivs))) == pytest.approx(-2.0, abs=1e-14)
+    # With e (u_x²)_x = 2 e u_x u_xx on the right-hand side, e = 0.5: -2 - 2·0.5·(-1)·4 = 2.
+    with_e = KuramotoSivashinsky(22.0, 16, a=0.5, b=2.0, c=3.0, d=-0.25, e=0.5)
+    assert float(with_e.pde_residual(derivs)) == pytest.approx(2.0, abs=1e-14)
+    # Burgers (KdV–Burgers with δ): 3 + 2·(-1) - 0.1·4 + 0.2·8 = 2.2.
+    burgers = Burgers(n=16, nu=0.1, delta=0.2)
+    assert float(burgers.pde_residual(derivs)) == pytest.approx(2.2, abs=1e-14)
 
 
 def _burgers_cole_hopf(nu, k, a0, a1, speed):
@@ -252,14 +260,14 @@ def test_convergence_criterion_stops_each_trajectory(burgers_fits):
     its = np.asarray(early["lbfgs_iterations"])
     np.testing.assert_array_equal(early["converged"], [True, True])
     assert np.all((its >= 10) & (its < 300)), its
-    # Stopping early costs loss against running the whole budget, but not much.
+    # Same Adam phase; stopping early leaves the loss at or above the full-budget one.
     assert np.all(early["final_loss"] >= full["final_loss"])
     np.testing.assert_allclose(early["adam_loss"], full["adam_loss"], rtol=1e-12)
 
 
 def test_a_stopped_trajectory_is_frozen_under_vmap(burgers_fits):
-    """Trajectory 0 stops before trajectory 1 and is then frozen: refitting it next to a
-    different partner (one that stops at another iteration) gives the same result."""
+    """Trajectory 0 is fitted next to two partners that stop at other iterations, one of
+    them after it: the same result both times, so it was frozen while that partner ran."""
     (model, observed, dt, horizon), _, (preds, info) = burgers_fits
     its = np.asarray(info["lbfgs_iterations"])
     partner = observed[:1] * 1.3  # trajectory 1 of the new batch: a different window
@@ -275,6 +283,20 @@ def test_a_stopped_trajectory_is_frozen_under_vmap(burgers_fits):
     assert its2[1] != its[1], (its, its2)
     np.testing.assert_allclose(preds2[0], preds[0], rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(info2["final_loss"][0], info["final_loss"][0], rtol=1e-9)
+
+
+def test_lbfgs_batch_does_not_change_the_result(burgers_fits):
+    """One trajectory after another (``lbfgs_batch=1``, the default: real conditionals,
+    no vmap) gives what both together under vmap give, up to rounding: batched and
+    unbatched float64 arithmetic differ in the last bits, and ~100 L-BFGS iterations
+    amplify that to ~1e-6 here (the field is of order 0.1)."""
+    (model, observed, dt, horizon), _, (preds, info) = burgers_fits
+    cfg = dataclasses.replace(SMALL, tol=1e-1, lbfgs_batch=1)
+    preds1, info1 = fit_pinn(model, observed, dt, horizon, cfg)
+    np.testing.assert_array_equal(info1["lbfgs_iterations"], info["lbfgs_iterations"])
+    np.testing.assert_array_equal(info1["converged"], info["converged"])
+    np.testing.assert_allclose(preds1, preds, atol=1e-4)
+    np.testing.assert_allclose(info1["final_loss"], info["final_loss"], rtol=1e-2)
 
 
 # ---------------------------------------------------------------------------------------
@@ -404,6 +426,12 @@ def test_fit_pinn_rejects_bad_inputs(shape, fill, dt, horizon, match):
 def test_config_rejects_bad_values(field, value, match):
     with pytest.raises(ValueError, match=match):
         PINNConfig(**{field: value})
+
+
+def test_config_states_its_criterion():
+    assert "less than 0.01 (relative) over 50 iterations" in PINNConfig().criterion
+    assert PINNConfig(lbfgs_steps=0).criterion == "no L-BFGS phase"
+    assert "tol = 0" in PINNConfig(tol=0.0).criterion
 
 
 def test_config_rejects_all_zero_weights_or_steps():

@@ -454,11 +454,15 @@ def run_study(study: AbstractStudy, seeds: list[int], out: Path, *, resume: bool
     runs = train_runs(study, int(problem.train.shape[0]))
     names = [*REFERENCE, *METHODS, *[n for n in runs if n not in METHODS]]
     data_seeds = seeds if cfg.data_seeds is None else seeds[: cfg.data_seeds]
+    abl_seeds = seeds if cfg.ablation_seeds is None else seeds[: cfg.ablation_seeds]
     results: dict[str, list[dict]] = {}
     fields: dict[str, np.ndarray] = {}
     for name in names:
         results[name] = []
-        for seed in data_seeds if name.startswith("abl_data_") else seeds:
+        run_seeds = seeds if not name.startswith("abl_") else abl_seeds
+        if name == "pinn" and cfg.pinn_seeds is not None:
+            run_seeds = seeds[: cfg.pinn_seeds]
+        for seed in data_seeds if name.startswith("abl_data_") else run_seeds:
             hit = cache.get(name, seed)
             if hit is None:
                 metrics, arr = run_one(study, problem, name, runs.get(name), seed, out, resume,
@@ -578,6 +582,8 @@ def _generic_notes(study: AbstractStudy, problem: Problem) -> list[str]:
         f"Convergence: {CONVERGENCE_RULE}.",
         f"The PINN is fitted per trajectory on the {cfg.context_steps} states before the "
         f"forecast start (information the other methods do not get), on the first "
-        f"{cfg.pinn_trajectories} trajectories of each set, and forecasts {cfg.main_horizon} "
-        f"steps; its θ_s stay at the prior.",
+        f"{cfg.pinn_trajectories} trajectories of each set"
+        + ("" if cfg.pinn_seeds is None else f", for {cfg.pinn_seeds} seed(s)")
+        + f" (its cost is per trajectory), and forecasts {cfg.main_horizon} steps; its θ_s "
+        "stay at the prior.",
     ]

@@ -43,10 +43,10 @@ class StudyConfig:
       `lambda_sweep`: the λ_p ablation.
     - `data_sizes`: training-set sizes (trajectories) of the data-efficiency ablation,
       besides "all"; `data_methods`: the methods it trains; `data_seeds`: how many of the
-      seeds it uses (``None``: all).
+      seeds it uses (``None``: all); `ablation_seeds`: the same for the other ablations.
     - `pinn`: the PINN's training config (``None``: no PINN); `pinn_trajectories`: how
       many trajectories of each evaluation set the PINN is fitted to (it is fitted per
-      trajectory).
+      trajectory); `pinn_seeds`: how many of the seeds fit a PINN (``None``: all).
     - `checkpoint_every`: training checkpoints (steps) so a killed study resumes.
     - `train`: the training budget every trained method shares.
     """
@@ -70,8 +70,10 @@ class StudyConfig:
         "neural_emulator",
     )
     data_seeds: int | None = None
+    ablation_seeds: int | None = None
     pinn: PINNConfig | None = field(default_factory=PINNConfig)
     pinn_trajectories: int = 8
+    pinn_seeds: int | None = None
     checkpoint_every: int = 100
     train: TrainConfig = field(default_factory=TrainConfig)
 

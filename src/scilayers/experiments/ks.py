@@ -87,10 +87,12 @@ class KSConfig(StudyConfig):
 
 _TRAIN = TrainConfig(steps=200, batch_size=16, horizon=10, lr_theta=3e-2, lr_net=2e-3,
                      val_every=50)  # fmt: skip
-_PINN = PINNConfig()
+_PINN = PINNConfig(adam_steps=2000, lbfgs_steps=300)
 
 PRESETS: dict[str, KSConfig] = {
-    "quick": KSConfig(train=_TRAIN, pinn=_PINN, data_seeds=1, lambda_sweep=(0.0, 0.1, 1.0)),
+    "quick": KSConfig(train=_TRAIN, pinn=_PINN, pinn_trajectories=4, pinn_seeds=1,
+                      data_sizes=(1, 4, 16), data_seeds=1, ablation_seeds=1,
+                      lambda_sweep=(0.0, 0.1, 1.0)),  # fmt: skip
     "full": KSConfig(
         preset="full",
         trajectories=1000,
@@ -98,11 +100,13 @@ PRESETS: dict[str, KSConfig] = {
         n_test=32,
         n_ood=32,
         pinn_trajectories=8,
+        pinn_seeds=1,
+        ablation_seeds=1,
         data_sizes=(1, 4, 16, 64, 256),
         data_seeds=1,
         lambda_sweep=(0.0, 0.1, 1.0),
         train=_TRAIN.replace(steps=600, batch_size=32, horizon=20, val_every=100),
-        pinn=_PINN,
+        pinn=PINNConfig(adam_steps=3000, lbfgs_steps=500),
     ),
     # The study's first design (dispersive truth, travelling waves), run by the engine, to
     # show that it reproduces the earlier table before the truth changed.
