@@ -66,8 +66,9 @@ LABELS = {
     "hybrid_joint": "hybrid closure, joint",
 }
 CONVERGENCE_RULE = (
-    "converged if the mean training data loss over the last 10 % of steps is within 5 % of "
-    "the mean over the 10 % before them (a plateau), or if validation early-stopped"
+    "converged if the best validation loss (fixed held-out windows) of the last quarter of "
+    "the validations improves on the best before it by less than 5 % (a plateau), or if "
+    "validation early-stopped"
 )
 
 
@@ -136,8 +137,9 @@ def _train(study: AbstractStudy, problem: Problem, name: str, opts: dict, seed: 
         return calibrate(study.physics(), train, tc, **kw)
     if kind == "sequential":
         return sequential_hybrid(study.physics(), study.closure(key), train, tc, **kw)
-    if kind == "emulator":
+    if kind == "emulator":  # cheap per step: trained longer, to its own convergence
         shape = problem.eval_sets["id"].state_shape
+        tc = tc.replace(steps=cfg.emulator_steps or tc.steps)
         return neural_emulator(study.emulator(key), shape, train, tc, **kw)
     hkw, odd = _closure_kwargs(study, opts.get("closure", cfg.identifiable))
     model = Hybrid(study.physics(), study.closure(key, odd=odd), coupling="closure", **hkw)
@@ -211,15 +213,20 @@ def evaluate(study: AbstractStudy, problem: Problem, preds: dict[str, np.ndarray
 
 
 def _convergence(history: dict, early_stopped: bool) -> dict:
-    data = np.asarray(history.get("data", history.get("loss", [])), dtype=float)
-    if data.size < 20:
-        return {"final_loss": float(data[-1]) if data.size else None, "converged": early_stopped,
-                "steps": int(data.size)}  # fmt: skip
-    k = max(1, data.size // 10)
-    last, before = data[-k:].mean(), data[-2 * k : -k].mean()
-    plateau = bool(np.isfinite(last) and abs(before - last) <= 0.05 * abs(before))
-    return {"final_loss": float(last), "converged": plateau or early_stopped,
-            "steps": int(data.size)}  # fmt: skip
+    """Final (best) validation loss and whether training reached a plateau."""
+    val = np.asarray(history.get("val_loss", []), dtype=float)
+    vstep = np.asarray(history.get("val_step", []), dtype=float)
+    if vstep.size > 1 and (np.diff(vstep) <= 0).any():  # several fits in a row: the last
+        val = val[int(np.nonzero(np.diff(vstep) <= 0)[0][-1]) + 1 :]
+    steps = int(len(history.get("step", [])))
+    if val.size < 4:
+        data = np.asarray(history.get("data", [np.nan]), dtype=float)
+        return {"final_loss": float(data[-1]), "converged": early_stopped, "steps": steps}
+    k = max(1, val.size // 4)
+    last, before = np.nanmin(val[-k:]), np.nanmin(val[:-k])
+    plateau = bool(np.isfinite(last) and last >= 0.95 * before)
+    return {"final_loss": float(min(last, before)), "converged": plateau or early_stopped,
+            "steps": steps}  # fmt: skip
 
 
 def run_one(study: AbstractStudy, problem: Problem, name: str, opts: dict | None, seed: int,
@@ -243,9 +250,7 @@ def run_one(study: AbstractStudy, problem: Problem, name: str, opts: dict | None
             ckpt = out / "checkpoints" / name / f"seed{seed}"
             res = _train(study, problem, name, opts, seed, ckpt, resume, progress)
             model, history = res.model, res.history
-            early = len(history.get("val_step", [])) > 0 and int(history["step"][-1]) + 1 < int(
-                cfg.train.steps
-            )
+            early = bool(res.config.patience) and len(history["step"]) < res.config.steps
             metrics["convergence"] = dict(_convergence(history, early), criterion=CONVERGENCE_RULE)
             metrics["theta_history"] = {
                 k.split("/", 1)[1]: np.asarray(v, dtype=float).tolist()

@@ -48,7 +48,9 @@ class StudyConfig:
       many trajectories of each evaluation set the PINN is fitted to (it is fitted per
       trajectory); `pinn_seeds`: how many of the seeds fit a PINN (``None``: all).
     - `checkpoint_every`: training checkpoints (steps) so a killed study resumes.
-    - `train`: the training budget every trained method shares.
+    - `emulator_steps`: the neural emulator's step budget (``None``: ``train.steps``); it
+      is cheap per step and needs more steps to converge, so it gets them.
+    - `train`: the training budget every trained method shares (the emulator may get more).
     """
 
     preset: str = "quick"
@@ -75,6 +77,7 @@ class StudyConfig:
     pinn_trajectories: int = 8
     pinn_seeds: int | None = None
     checkpoint_every: int = 100
+    emulator_steps: int | None = None
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self):

@@ -86,17 +86,18 @@ class KSConfig(StudyConfig):
 
 
 _TRAIN = TrainConfig(steps=200, batch_size=16, horizon=10, lr_theta=3e-2, lr_net=2e-3,
-                     val_every=50)  # fmt: skip
+                     val_every=20)  # fmt: skip
 _PINN = PINNConfig(adam_steps=2000, lbfgs_steps=300)
 
 PRESETS: dict[str, KSConfig] = {
     "quick": KSConfig(train=_TRAIN, pinn=_PINN, pinn_trajectories=4, pinn_seeds=1,
+                      emulator_steps=1000,
                       data_sizes=(1, 4, 16), data_seeds=1, ablation_seeds=1,
                       lambda_sweep=(0.0, 0.1, 1.0)),  # fmt: skip
     "full": KSConfig(
         preset="full",
         trajectories=1000,
-        traj_steps=400,
+        traj_steps=300,
         n_test=32,
         n_ood=32,
         pinn_trajectories=8,
@@ -105,7 +106,8 @@ PRESETS: dict[str, KSConfig] = {
         data_sizes=(1, 4, 16, 64, 256),
         data_seeds=1,
         lambda_sweep=(0.0, 0.1, 1.0),
-        train=_TRAIN.replace(steps=600, batch_size=32, horizon=20, val_every=100),
+        emulator_steps=3000,
+        train=_TRAIN.replace(steps=600, val_every=50),
         pinn=PINNConfig(adam_steps=3000, lbfgs_steps=500),
     ),
     # The study's first design (dispersive truth, travelling waves), run by the engine, to
@@ -122,7 +124,8 @@ PRESETS: dict[str, KSConfig] = {
         data_sizes=(),
         lambda_sweep=(0.0, 1e-3, 1e-2, 1e-1, 1.0),
         train=_TRAIN,
-        pinn=None,
+        # the old PINN budget: 600 constant-rate Adam steps, no L-BFGS
+        pinn=PINNConfig(adam_steps=600, lbfgs_steps=0, lr_final_fraction=1.0),
     ),
 }
 
