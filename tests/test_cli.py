@@ -1,7 +1,8 @@
-"""The `scilayers` command line: help, `data ks`, the run/report hand-offs and bad input."""
+"""The `scilayers` command line: help, the registry-generated run/data commands, the
+report hand-off and bad input."""
 
 import json
-import types
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,8 +21,11 @@ runner = CliRunner()
         ["--help"],
         ["data", "--help"],
         ["data", "ks", "--help"],
+        ["data", "burgers", "--help"],
         ["run", "--help"],
         ["run", "ks", "--help"],
+        ["run", "burgers", "--help"],
+        ["run", "all", "--help"],
         ["report", "--help"],
         ["bench", "--help"],
         ["list", "--help"],
@@ -43,24 +47,30 @@ def test_version():
     assert result.exit_code == 0 and result.output.startswith("scilayers ")
 
 
-def test_list_names_the_ks_study():
+def test_every_registered_study_has_run_data_and_list_entries():
+    """The CLI is generated from the registry: no study is named in cli.py."""
+    from scilayers.experiments import STUDIES
+
     result = runner.invoke(app, ["list"])
     assert result.exit_code == 0
-    assert "ks" in result.output and "quick" in result.output
+    for name in STUDIES:
+        assert name in result.output
+        assert runner.invoke(app, ["run", name, "--help"]).exit_code == 0
+        assert runner.invoke(app, ["data", name, "--help"]).exit_code == 0
+    source = Path(cli.__file__).read_text()
+    for name in STUDIES:
+        assert f'"{name}"' not in source, f"cli.py names the {name} study"
 
 
 def test_data_ks_writes_a_valid_file(tmp_path):
     out = tmp_path / "deep" / "ks.nc"
-    # the shapes of tests/test_data.py's config, so the compiled simulation is shared
-    args = ["data", "ks", "--trajectories", "4", "--steps", "160", "--burn-in", "50",
-            "--batch-size", "4", "--ood-fraction", "0.5", "--seed", "5", "--no-progress",
-            "--out", str(out)]  # fmt: skip
+    args = ["data", "ks", "--trajectories", "4", "--seed", "5", "--no-progress", "--out", str(out)]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "wall time" in result.output and "bytes" in result.output
     ds = load_ks(out)
-    assert ds["u"].shape == (4, 161, 64) and ds["u_ood"].shape == (2, 161, 128)
-    assert ds.attrs["seed"] == 5 and ds.attrs["n"] == 64 and ds.attrs["burn_in"] == 50.0
+    assert ds["u"].shape[0] == 4 and ds["u"].shape[2] == 128  # the quick preset's fine grid
+    assert ds.attrs["seed"] == 5 and ds.attrs["length"] == 44.0 and ds.attrs["e"] == 0.02
     assert np.isfinite(ds["u"].values).all()
 
 
@@ -68,15 +78,11 @@ def test_data_ks_writes_a_valid_file(tmp_path):
     "args, message",
     [
         (["--trajectories", "0"], "--trajectories must be >= 1"),
-        (["--steps", "-3"], "--steps must be >= 1"),
-        (["--n", "7"], "--n must be an even integer"),
-        (["--length", "-1"], "length must be positive"),
         (["--seed", "-1"], "--seed must be >= 0"),
-        (["--a", "0"], "a must be > 0"),
-        (["--burn-in", "0.03"], "multiple of the inner step"),
+        (["--preset", "huge"], "unknown preset 'huge'"),
     ],
 )
-def test_data_ks_bad_values_exit_2(tmp_path, args, message):
+def test_data_bad_values_exit_2(tmp_path, args, message):
     result = runner.invoke(app, ["data", "ks", "--out", str(tmp_path / "x.nc"), *args])
     assert result.exit_code == 2
     assert message in result.output
@@ -84,12 +90,12 @@ def test_data_ks_bad_values_exit_2(tmp_path, args, message):
     assert not (tmp_path / "x.nc").exists()
 
 
-def test_data_ks_unwritable_out_exit_2(tmp_path):
-    result = runner.invoke(app, ["data", "ks", "--out", str(tmp_path)])
+def test_data_unwritable_out_exit_2(tmp_path):
+    result = runner.invoke(app, ["data", "burgers", "--out", str(tmp_path)])
     assert result.exit_code == 2 and "is a directory" in result.output
     blocker = tmp_path / "file"
     blocker.write_text("")
-    result = runner.invoke(app, ["data", "ks", "--out", str(blocker / "ks.nc")])
+    result = runner.invoke(app, ["data", "burgers", "--out", str(blocker / "b.nc")])
     assert result.exit_code == 2 and "is a file, not a folder" in result.output
 
 
@@ -100,39 +106,48 @@ def test_unknown_names_exit_2():
     assert runner.invoke(app, ["data", "ks", "--bogus"]).exit_code == 2
 
 
-def test_run_ks_not_available(monkeypatch):
-    monkeypatch.setattr(cli, "_optional_module", lambda name: None)
-    result = runner.invoke(app, ["run", "ks"])
-    assert result.exit_code == 2
-    assert "the KS study is not available yet" in result.output
+def _fake_main(calls):
+    def main(study, preset="quick", seeds=3, out=None, data_dir=None, resume=False,
+             progress=True):  # fmt: skip
+        calls.append(dict(study=study, preset=preset, seeds=seeds, out=out, data_dir=data_dir,
+                          resume=resume))  # fmt: skip
+        return {"eval_sets": ["id"], "methods": {"m": {"id_mse": {"mean": 0.5}}},
+                "targets": [{"name": "t", "pass": True}]}  # fmt: skip
+
+    return main
 
 
-def _fake_study(calls, **extra):
-    def main(preset="quick", seeds=3, out=None, data_dir=None, resume=False):
-        calls.append(dict(preset=preset, seeds=seeds, out=out, data_dir=data_dir, resume=resume))
+def test_run_hands_over_to_the_engine(monkeypatch, tmp_path):
+    import scilayers.experiments as ex
 
-    return types.SimpleNamespace(main=main, PRESETS={"quick": 1, "full": 2}, **extra)
-
-
-def test_run_ks_hands_over_to_the_study(monkeypatch, tmp_path):
     calls = []
-    monkeypatch.setattr(cli, "_optional_module", lambda name: _fake_study(calls))
+    monkeypatch.setattr(ex, "main", _fake_main(calls))
     monkeypatch.setenv("SCILAYERS_DATA_DIR", str(tmp_path))
     out = tmp_path / "run"
     result = runner.invoke(
         app, ["run", "ks", "--preset", "full", "--seeds", "2", "--out", str(out)]
     )
     assert result.exit_code == 0, result.output
-    assert calls == [
-        dict(preset="full", seeds=2, out=out, data_dir=tmp_path.resolve(), resume=False)
-    ]
-    # defaults: the study's own seeds, out runs/ks-quick
+    assert calls == [dict(study="ks", preset="full", seeds=2, out=out,
+                          data_dir=tmp_path.resolve(), resume=False)]  # fmt: skip
+    assert "report.md" in result.output and "0.5" in result.output  # summary table + path
     monkeypatch.delenv("SCILAYERS_DATA_DIR")
     monkeypatch.chdir(tmp_path)
-    result = runner.invoke(app, ["run", "ks", "--resume"])
+    result = runner.invoke(app, ["run", "burgers", "--resume"])
     assert result.exit_code == 0, result.output
     assert calls[-1]["seeds"] == 3 and calls[-1]["resume"] is True
-    assert str(calls[-1]["out"]) == "runs/ks-quick" and calls[-1]["data_dir"] is None
+    assert str(calls[-1]["out"]) == "runs/burgers-quick" and calls[-1]["data_dir"] is None
+
+
+def test_run_all_runs_every_registered_study(monkeypatch, tmp_path):
+    import scilayers.experiments as ex
+
+    calls = []
+    monkeypatch.setattr(ex, "main", _fake_main(calls))
+    result = runner.invoke(app, ["run", "all", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert [c["study"] for c in calls] == list(ex.STUDIES)
+    assert calls[0]["out"] == tmp_path / f"{calls[0]['study']}-quick"
 
 
 @pytest.mark.parametrize(
@@ -143,28 +158,25 @@ def test_run_ks_hands_over_to_the_study(monkeypatch, tmp_path):
         (["--data-dir", "/nonexistent/data"], "does not exist"),
     ],
 )
-def test_run_ks_bad_input_exit_2(monkeypatch, tmp_path, args, message):
+def test_run_bad_input_exit_2(monkeypatch, tmp_path, args, message):
+    import scilayers.experiments as ex
+
     calls = []
-    monkeypatch.setattr(cli, "_optional_module", lambda name: _fake_study(calls))
+    monkeypatch.setattr(ex, "main", _fake_main(calls))
     result = runner.invoke(app, ["run", "ks", "--out", str(tmp_path / "o"), *args])
     assert result.exit_code == 2 and message in result.output
     assert calls == []
 
 
-def test_report(monkeypatch, tmp_path):
+def test_report(tmp_path):
     result = runner.invoke(app, ["report", str(tmp_path / "missing")])
     assert result.exit_code == 2 and "is not a folder" in result.output
     result = runner.invoke(app, ["report", str(tmp_path)])
     assert result.exit_code == 2 and "results.json not found" in result.output
-    (tmp_path / "results.json").write_text("{}")
-    monkeypatch.setattr(cli, "_optional_module", lambda name: None)
+    (tmp_path / "results.json").write_text('{"experiment": "ks", "preset": "quick", "se')
     result = runner.invoke(app, ["report", str(tmp_path)])
-    assert result.exit_code == 2 and "not available yet" in result.output
-    built = []
-    fake = types.SimpleNamespace(build_report=lambda d: built.append(d) or d / "report.md")
-    monkeypatch.setattr(cli, "_optional_module", lambda name: fake)
-    result = runner.invoke(app, ["report", str(tmp_path)])
-    assert result.exit_code == 0 and built == [tmp_path]
+    assert result.exit_code == 2 and result.output.startswith("error:")
+    assert result.output.count("\n") == 1 and "Traceback" not in result.output
 
 
 def test_optional_module_only_hides_a_missing_module(tmp_path, monkeypatch):

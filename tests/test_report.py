@@ -783,12 +783,6 @@ def test_truncated_arrays_npz_is_a_one_line_value_error(tmp_path):
     assert str(run / "arrays.npz") in str(info.value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="cli.report does not catch the ValueError of build_report yet: it ends in a "
-    "traceback with exit code 1 (fix: wrap `build(directory)` in try/except ValueError "
-    "→ fail(str(e)) in src/scilayers/cli.py, then drop this mark)",
-)
 def test_cli_report_of_a_truncated_results_json_exits_2_with_one_line(tmp_path):
     from typer.testing import CliRunner
 
