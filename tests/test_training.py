@@ -88,6 +88,8 @@ def test_fit_is_reproducible_from_config_and_seed(ks_data, key):
 class Blowup(eqx.Module):
     """``u ↦ w·u``, NaN for states whose first entry exceeds a threshold."""
 
+    network_fields = ("w",)  # w is a network weight (θ_ml), not a frozen constant
+
     w: jax.Array
     state_shape: tuple = eqx.field(static=True, default=(4,))
 

@@ -3,6 +3,7 @@
 from ._hybrid import COUPLINGS as COUPLINGS
 from ._hybrid import IDENTIFIABLE as IDENTIFIABLE
 from ._hybrid import Hybrid as Hybrid
+from ._hybrid import Inputs as Inputs
 from ._hybrid import NeuralStepper as NeuralStepper
 from ._identifiability import Identifiability as Identifiability
 from ._identifiability import identifiability as identifiability

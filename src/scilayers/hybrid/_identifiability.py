@@ -94,37 +94,38 @@ def _parts(step):
 
 
 def _rhs_prediction(step, physics):
+    """``(u, t) -> du/dt`` predicted by ``step`` (physics plus a closure's term)."""
     model = physics if isinstance(physics, AbstractModel) else physics.model
     if isinstance(step, Hybrid) and step.coupling == "closure":
-        return lambda u: model.rhs(u) + step.network_term(u)
-    return model.rhs
+        return lambda u, t: model.vector_field(t, u) + step.network_term(u, t)
+    return lambda u, t: model.vector_field(t, u)
 
 
 @eqx.filter_jit
-def _accumulate(physics, predictor, states, targets, method, batch_size):
-    """``(Σ_t J_tᵀ J_t, Σ_t |r_t|²)`` over ``states``."""
+def _accumulate(physics, predictor, states, times, targets, method, batch_size):
+    """``(Σ_t J_tᵀ J_t, Σ_t |r_t|²)`` over ``states`` (at ``times``)."""
     if method == "step":
         sens_tree = forward_mode(physics)
 
-        def sens(u):
-            return sensitivity(sens_tree, lambda s: s(u))
+        def sens(u, t):
+            return sensitivity(sens_tree, lambda s: s(u, t))
 
         pred = predictor
     else:
         model = physics if isinstance(physics, AbstractModel) else physics.model
 
-        def sens(u):
-            return sensitivity(model, lambda m: m.rhs(u))
+        def sens(u, t):
+            return sensitivity(model, lambda m: m.vector_field(t, u))
 
         pred = _rhs_prediction(predictor, physics)
 
     def one(x):
-        u, target = x
-        jac = sens(u)
+        u, t, target = x
+        jac = sens(u, t)
         jm = jac.reshape(-1, jac.shape[-1])
-        return jm.T @ jm, jnp.sum((target - pred(u)) ** 2), jnp.sum(target**2)
+        return jm.T @ jm, jnp.sum((target - pred(u, t)) ** 2), jnp.sum(target**2)
 
-    gram, res, tgt = jax.lax.map(one, (states, targets), batch_size=batch_size)
+    gram, res, tgt = jax.lax.map(one, (states, times, targets), batch_size=batch_size)
     return gram.sum(0), res.sum(), tgt.sum()
 
 
@@ -138,6 +139,7 @@ def identifiability(
     threshold: float = 0.1,
     max_condition: float = 1e6,
     batch_size: int = 64,
+    t0=None,
 ) -> Identifiability:
     r"""Fisher information of the free θ_s on training data, and what it says about them.
 
@@ -177,6 +179,8 @@ def identifiability(
     - `max_condition`: condition number of the scaled information above which the
       eigenvectors with ``λ < λ_max / max_condition`` count as unidentified (default 1e6).
     - `batch_size`: states per vectorised chunk (memory ``batch_size · N · p``).
+    - `t0`: the time of each trajectory's first state (a number or one per trajectory;
+      default 0); state ``k`` is at ``t0 + k·dt``. Matters for a time-dependent model.
 
     **Returns:** an `Identifiability` (with ``to_dict()`` for JSON).
 
@@ -216,13 +220,24 @@ def identifiability(
         raise ValueError("the model has no free Param: there is nothing to identify.")
     names = free_names(physics)
 
+    ftype = jnp.result_type(float)
+    start = jnp.asarray(0.0 if t0 is None else t0, ftype)
+    if start.shape not in ((), data.shape[:1]):
+        raise ValueError(
+            f"t0 must be a number or one start time per trajectory, shape {data.shape[:1]}, "
+            f"got {start.shape}."
+        )
+    start = jnp.broadcast_to(start, data.shape[:1])
+    times = start[:, None] + dt * jnp.arange(data.shape[1], dtype=ftype)[None, :]
     if method == "step":
-        states, targets = data[:, :-1], data[:, 1:]
+        states, targets, times = data[:, :-1], data[:, 1:], times[:, :-1]
     else:
         states, targets = data[:, 1:-1], (data[:, 2:] - data[:, :-2]) / (2.0 * dt)
+        times = times[:, 1:-1]
     states = states.reshape(-1, *state_shape)
     targets = targets.reshape(-1, *state_shape)
-    gram, res, tgt = _accumulate(physics, predictor, states, targets, method, batch_size)
+    times = times.reshape(-1)
+    gram, res, tgt = _accumulate(physics, predictor, states, times, targets, method, batch_size)
     gram, res, tgt = np.asarray(gram, float), float(res), float(tgt)
 
     p, n_states = theta.shape[0], states.shape[0]

@@ -8,7 +8,7 @@ from jaxtyping import Array, Float
 
 from ..models import AbstractModel
 from ..params import log_prior
-from ..solvers import rollout
+from ..solvers import rollout, takes_time
 
 
 def physics_of(step) -> tuple[AbstractModel | None, float | None]:
@@ -30,32 +30,48 @@ def mse(pred: Array, target: Array) -> Array:
 
 
 def predict_windows(
-    step, windows: Float[Array, " batch time *state"], memory: str = "full"
+    step,
+    windows: Float[Array, " batch time *state"],
+    memory: str = "full",
+    t0: Float[Array, " batch"] | None = None,
 ) -> Float[Array, " batch time *state"]:
-    """Roll ``step`` from the first state of each window for ``time - 1`` steps."""
+    """Roll ``step`` from the first state of each window for ``time - 1`` steps; window
+    ``b`` starts at time ``t0[b]`` (default ``None``: 0; used by a step that takes time,
+    see `scilayers.solvers.takes_time`, and ignored by a plain function)."""
     horizon = windows.shape[1] - 1
-    return jax.vmap(lambda w0: rollout(step, w0, horizon, memory=memory, check_finite=False))(
-        windows[:, 0]
+    if t0 is None or not takes_time(step):
+        return jax.vmap(lambda w0: rollout(step, w0, horizon, memory=memory, check_finite=False))(
+            windows[:, 0]
+        )
+    t0 = jnp.broadcast_to(jnp.asarray(t0), windows.shape[:1])
+    return jax.vmap(lambda w0, s: rollout(step, w0, horizon, s, memory=memory, check_finite=False))(
+        windows[:, 0], t0
     )
 
 
-def rollout_loss(step, windows, memory: str = "full") -> tuple[Array, Array]:
-    """Multi-step data loss ``mean_t ||ũ_t - u_t||²`` over an unrolled window.
+def rollout_loss(step, windows, memory: str = "full", t0=None) -> tuple[Array, Array]:
+    """Multi-step data loss ``mean_t ||ũ_t - u_t||²`` over an unrolled window, each
+    window starting at its time ``t0[b]`` (default 0; see `predict_windows`).
 
     Returns ``(loss, predictions)``; ``predictions`` includes the initial states.
     """
-    pred = predict_windows(step, windows, memory)
+    pred = predict_windows(step, windows, memory, t0)
     return mse(pred[:, 1:], windows[:, 1:]), pred
 
 
-def physics_loss(step, trajectories: Float[Array, " batch time *state"]) -> Array:
+def physics_loss(step, trajectories: Float[Array, " batch time *state"], t0=None) -> Array:
     r"""``L_physics = mean ||F(ũ_t; θ_s)||²`` at the interior times of ``trajectories``,
-    with ``F`` the residual of the scientific model inside ``step`` at its current θ_s.
-    Zero for a step with no physics (a pure network)."""
+    with ``F`` the residual of the scientific model inside ``step`` at its current θ_s
+    (trajectory ``b`` starting at time ``t0[b]``, default 0: it matters for a
+    time-dependent model). Zero for a step with no physics (a pure network)."""
     model, dt = physics_of(step)
     if model is None or trajectories.shape[1] < 3:
         return jnp.zeros(())
-    res = jax.vmap(lambda tr: model.residual(tr, dt))(trajectories)
+    if t0 is None:
+        res = jax.vmap(lambda tr: model.residual(tr, dt))(trajectories)
+    else:
+        t0 = jnp.broadcast_to(jnp.asarray(t0), trajectories.shape[:1])
+        res = jax.vmap(lambda tr, s: model.residual(tr, dt, s))(trajectories, t0)
     return jnp.mean(res**2)
 
 
@@ -64,13 +80,19 @@ def prior_loss(step) -> Array:
     return -log_prior(step)
 
 
-def closure_magnitude(step, states: Float[Array, " batch *state"]) -> Array:
-    """Mean squared network term of a closure/residual hybrid on ``states`` (0 otherwise).
+def closure_magnitude(
+    step, states: Float[Array, " batch *state"], times: Float[Array, " batch"] | None = None
+) -> Array:
+    """Mean squared network term of a closure/residual hybrid on ``states`` (0 otherwise),
+    state ``b`` at time ``times[b]`` (default ``None``: 0).
 
-    Duck-typed: ``step.network_term(u)`` (what the network adds at ``u``) is used when
-    ``step`` has one and its ``coupling`` is not ``"parameter"``. Penalising it keeps the
-    network from absorbing what θ_s should explain."""
+    Duck-typed: ``step.network_term(u, t)`` (what the network adds at ``u`` at time
+    ``t``) is used when ``step`` has one and its ``coupling`` is not ``"parameter"``.
+    Penalising it keeps the network from absorbing what θ_s should explain."""
     term = getattr(step, "network_term", None)
     if term is None or getattr(step, "coupling", None) == "parameter":
         return jnp.zeros(())
-    return jnp.mean(jax.vmap(term)(states) ** 2)
+    if times is None:
+        return jnp.mean(jax.vmap(term)(states) ** 2)
+    times = jnp.broadcast_to(jnp.asarray(times), states.shape[:1])
+    return jnp.mean(jax.vmap(term)(states, times) ** 2)

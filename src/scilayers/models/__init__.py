@@ -1,5 +1,7 @@
 """Scientific models: equations only (right-hand sides, linear/nonlinear splits, residuals)."""
 
+from ._base import AbstractForcedModel as AbstractForcedModel
+from ._base import AbstractForcedSpectralModel as AbstractForcedSpectralModel
 from ._base import AbstractModel as AbstractModel
 from ._base import AbstractSpectralModel as AbstractSpectralModel
 from ._base import check_state as check_state
@@ -7,3 +9,4 @@ from ._ks import Burgers as Burgers
 from ._ks import KuramotoSivashinsky as KuramotoSivashinsky
 from ._lorenz96 import Lorenz96 as Lorenz96
 from ._lorenz96 import Lorenz96TwoScale as Lorenz96TwoScale
+from ._pendulum import DrivenPendulum as DrivenPendulum

@@ -10,7 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Complex, Float, PRNGKeyArray
 
-from ..params import Param, resolve
+from .._typing import ScalarLike
+from ..params import Param, as_param, resolve
 
 
 def check_state(u, shape: tuple[int, ...], where: str) -> None:
@@ -26,7 +27,19 @@ def check_state(u, shape: tuple[int, ...], where: str) -> None:
 
 
 class AbstractModel(eqx.Module):
-    """A scientific model: the right-hand side ``du/dt = f(u; θ_s)`` and its parameters."""
+    r"""A scientific model: the right-hand side ``du/dt = f(t, u; θ_s)`` and its parameters.
+
+    Time contract. Every solver integrates
+
+    $$\frac{du}{dt} = f(t, u; θ_s) = \mathrm{rhs}(u; θ_s) + s(t, u; θ_s),$$
+
+    evaluated by `vector_field` ``(t, u)``. An autonomous model (KS, Burgers, Lorenz-96)
+    implements only ``rhs(u)`` and has no source ``s``; a time-dependent model subclasses
+    `AbstractForcedModel` and also implements ``source(t, u)``, the explicitly
+    time-dependent part (a drive, a forcing ``f(x, t)``). ``rhs(u)`` is always the
+    autonomous part alone, so code written for autonomous models keeps working; code that
+    integrates or differentiates the dynamics calls ``vector_field(t, u)``.
+    """
 
     @property
     @abc.abstractmethod
@@ -35,18 +48,35 @@ class AbstractModel(eqx.Module):
 
     @abc.abstractmethod
     def rhs(self, u: Array) -> Array:
-        """The time derivative ``f(u; θ_s)`` of a single state."""
+        """The autonomous part ``f(u; θ_s)`` of the time derivative of a single state (the
+        whole derivative for an autonomous model)."""
 
     @abc.abstractmethod
     def initial_condition(self, key: PRNGKeyArray) -> Array:
         """A random initial state."""
 
-    def residual(self, trajectory: Float[Array, " time *state"], dt: float) -> Array:
-        """The equation residual ``F(ũ; θ_s) = ∂_t ũ - f(ũ; θ_s)`` at interior times.
+    @property
+    def autonomous(self) -> bool:
+        """Whether the dynamics do not depend on time explicitly (no `source`)."""
+        return not isinstance(self, AbstractForcedModel)
+
+    def vector_field(self, t: ScalarLike, u: Array) -> Array:
+        """The full time derivative ``f(t, u; θ_s) = rhs(u) + source(t, u)`` at time ``t``
+        (``rhs(u)`` for an autonomous model, whatever ``t``). What the solvers integrate."""
+        f = self.rhs(u)
+        if self.autonomous:
+            return f
+        return f + self.source(t, u)
+
+    def residual(
+        self, trajectory: Float[Array, " time *state"], dt: float, t0: ScalarLike = 0.0
+    ) -> Array:
+        """The equation residual ``F(ũ; θ_s) = ∂_t ũ - f(t, ũ; θ_s)`` at interior times.
 
         ``∂_t`` is the second-order central difference ``(ũ_{t+1} - ũ_{t-1}) / (2 dt)``, so
         the result has ``time - 2`` entries; for a trajectory of the true equation it is
-        ``O(dt²)``.
+        ``O(dt²)``. The states are taken at times ``t0 + k dt`` (``t0``, default 0, is the
+        time of ``trajectory[0]``; it matters only for a time-dependent model).
         """
         if trajectory.ndim != len(self.state_shape) + 1 or trajectory.shape[0] < 3:
             raise ValueError(
@@ -55,7 +85,26 @@ class AbstractModel(eqx.Module):
             )
         check_state(trajectory[0], self.state_shape, f"{type(self).__name__}.residual")
         dudt = (trajectory[2:] - trajectory[:-2]) / (2.0 * dt)
-        return dudt - jax.vmap(self.rhs)(trajectory[1:-1])
+        if self.autonomous:
+            return dudt - jax.vmap(self.rhs)(trajectory[1:-1])
+        times = t0 + dt * jnp.arange(1, trajectory.shape[0] - 1, dtype=jnp.result_type(float))
+        return dudt - jax.vmap(self.vector_field)(times, trajectory[1:-1])
+
+
+class AbstractForcedModel(AbstractModel):
+    r"""A time-dependent (non-autonomous) model, ``du/dt = rhs(u; θ_s) + source(t, u; θ_s)``.
+
+    Subclasses implement `source`: the explicitly time-dependent part, e.g. the drive
+    ``(0, A cos Ωt)`` of a driven pendulum. It may depend on the state (a parametric
+    drive ``q cos(2t) θ``) and on θ_s (``A`` is a `Param` and gets gradients). Every
+    solver evaluates it at its own stage times (ETDRK4 at ``t, t + dt/2, t + dt``; Diffrax
+    wherever its solver asks), and `rollout` advances the time by ``dt`` per step from its
+    ``t0``.
+    """
+
+    @abc.abstractmethod
+    def source(self, t: ScalarLike, u: Array) -> Array:
+        """The explicitly time-dependent part ``s(t, u; θ_s)`` of ``du/dt`` (state-shaped)."""
 
 
 class AbstractSpectralModel(AbstractModel):
@@ -98,6 +147,19 @@ class AbstractSpectralModel(AbstractModel):
     def nonlinear_hat(self, u_hat: Complex[Array, " m"], mask=None, u=None) -> Complex[Array, " m"]:
         """Fourier coefficients of ``N(u)``; ``mask`` (optional) dealiases ``u_hat`` first;
         ``u`` (optional) is ``irfft(u_hat)`` when the caller already has it (saves an FFT)."""
+
+    def nonlinear_hat_at(
+        self, t: ScalarLike, u_hat: Complex[Array, " m"], mask=None, u=None
+    ) -> Complex[Array, " m"]:
+        """Fourier coefficients of the whole non-stiff part at time ``t``,
+        ``N(t, u) = N(u) + s(t, u)``: `nonlinear_hat` plus, for an
+        `AbstractForcedSpectralModel`, its `source_hat`. What the spectral steppers
+        evaluate at each stage; for an autonomous model exactly `nonlinear_hat` (no extra
+        FFT). ``mask`` and ``u`` as in `nonlinear_hat`."""
+        if self.autonomous:
+            return self.nonlinear_hat(u_hat, mask, u)
+        u = jnp.fft.irfft(u_hat, self.n) if u is None else u
+        return self.nonlinear_hat(u_hat, mask, u) + self.source_hat(t, u_hat, mask, u)
 
     def rhs(self, u: Float[Array, " n"]) -> Float[Array, " n"]:
         u_hat = jnp.fft.rfft(u)
@@ -143,6 +205,33 @@ class AbstractSpectralModel(AbstractModel):
         return amplitude * u / jnp.sqrt(jnp.mean(u**2))
 
 
+class AbstractForcedSpectralModel(AbstractSpectralModel, AbstractForcedModel):
+    r"""A time-dependent semilinear PDE on a periodic 1-D domain,
+    ``u_t = L u + N(u) + s(t, u)``.
+
+    Subclasses implement `source_hat`, the Fourier coefficients of the source (in Fourier
+    space, like `nonlinear_hat`, so a spectral stage needs no extra transform for a
+    forcing known in modes). The spectral steppers treat ``s`` with the non-stiff part:
+    ETDRK4 evaluates ``N(t, u) = N(u) + s(t, u)`` at its stage times ``t, t + dt/2,
+    t + dt`` (`nonlinear_hat_at`). E.g. a forced heat equation with
+    ``f(x, t) = sin(x) cos(t)``::
+
+        def source_hat(self, t, u_hat, mask=None, u=None):
+            return jnp.cos(t) * jnp.fft.rfft(jnp.sin(self.grid()))
+    """
+
+    @abc.abstractmethod
+    def source_hat(
+        self, t: ScalarLike, u_hat: Complex[Array, " m"], mask=None, u=None
+    ) -> Complex[Array, " m"]:
+        """Fourier coefficients of the source ``s(t, u)``; ``mask`` and ``u`` as in
+        `nonlinear_hat` (a source that depends on ``u`` nonlinearly applies ``mask``)."""
+
+    def source(self, t: ScalarLike, u: Float[Array, " n"]) -> Float[Array, " n"]:
+        """The source ``s(t, u)`` on the grid (``irfft`` of `source_hat`)."""
+        return jnp.fft.irfft(self.source_hat(t, jnp.fft.rfft(u), None, u), self.n)
+
+
 def _point_derivatives(derivs, where: str) -> tuple[Array, ...]:
     """Unpack ``(u, u_x, u_xx, u_xxx, u_xxxx, u_t)`` for `pde_residual`, checking the shape."""
     if isinstance(derivs, tuple | list):
@@ -163,7 +252,8 @@ def _point_derivatives(derivs, where: str) -> tuple[Array, ...]:
 
 
 def _param(x, constraint=None, **kw) -> Param:
-    return x if isinstance(x, Param) else Param(x, constraint, **kw)
+    """Private alias of the public `scilayers.params.as_param`."""
+    return as_param(x, constraint, **kw)
 
 
 def _check_grid(length, n, name: str) -> None:
@@ -173,4 +263,11 @@ def _check_grid(length, n, name: str) -> None:
         raise ValueError(f"{name}: n must be an even integer >= 4, got {n!r}.")
 
 
-__all__ = ["AbstractModel", "AbstractSpectralModel", "check_state", "resolve"]
+__all__ = [
+    "AbstractForcedModel",
+    "AbstractForcedSpectralModel",
+    "AbstractModel",
+    "AbstractSpectralModel",
+    "check_state",
+    "resolve",
+]

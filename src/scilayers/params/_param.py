@@ -110,15 +110,66 @@ def resolve(x):
     return x.value if isinstance(x, Param) else x
 
 
-def _spec(model: PyTree, role: str) -> PyTree:
-    def leaf_role(x):
-        if is_param(x):
-            return role == ("frozen" if x.fixed else "scientific")
-        if eqx.is_inexact_array(x):
-            return role == "network"
-        return role == "frozen"
+# Packages whose modules are networks: every floating-point array inside one is θ_ml.
+NETWORK_PACKAGES = ("equinox.nn", "scilayers.nn")
 
-    return jtu.tree_map(leaf_role, model, is_leaf=is_param)
+
+def as_param(x, constraint: AbstractConstraint | str | None = None, **kwargs) -> Param:
+    """``x`` as a `Param`: a `Param` is returned unchanged (``constraint`` and ``kwargs``
+    are then ignored), anything else becomes ``Param(x, constraint, **kwargs)``.
+
+    What a model's ``__init__`` uses so that a coefficient can be given either as a number
+    (learned, with the model's default constraint) or as a ready `Param` (e.g.
+    ``Param(0.9, fixed=True)``)."""
+    return x if is_param(x) else Param(x, constraint, **kwargs)
+
+
+def is_network(x) -> bool:
+    """Whether ``x`` is a network module by class: an `eqx.Module` defined in ``equinox.nn``
+    or ``scilayers.nn`` (see `network` for the whole rule)."""
+    if not isinstance(x, eqx.Module) or is_param(x):
+        return False
+    module = type(x).__module__
+    return any(module == p or module.startswith(p + ".") for p in NETWORK_PACKAGES)
+
+
+def _field_of(path) -> str | None:
+    return path[0].name if path and isinstance(path[0], jtu.GetAttrKey) else None
+
+
+def _roles(node, in_net: bool = False, float_owners: tuple[type, ...] = ()):
+    """``node`` with every leaf replaced by its role (a `Param` counts as one leaf):
+    ``"scientific"``, ``"network"``, ``"frozen"``, or ``"plain"`` for a frozen
+    floating-point leaf that looks like it was meant to be learned (an inexact array outside
+    `Param`s and networks, or a Python float held directly by an instance of
+    ``float_owners``)."""
+    if is_param(node):
+        return "frozen" if node.fixed else "scientific"
+    in_net = in_net or is_network(node)
+    is_module = isinstance(node, eqx.Module)
+    net_fields = tuple(getattr(type(node), "network_fields", ())) if is_module else ()
+    owns_floats = is_module and bool(float_owners) and isinstance(node, float_owners)
+
+    def role(path, x):
+        inside = in_net or _field_of(path) in net_fields
+        if is_param(x):
+            return "frozen" if x.fixed else "scientific"
+        if isinstance(x, eqx.Module):
+            return _roles(x, inside, float_owners)
+        if eqx.is_inexact_array(x):
+            return "network" if inside else "plain"
+        if isinstance(x, float) and owns_floats and not inside and len(path) == 1:
+            return "plain"
+        return "frozen"
+
+    return jtu.tree_map_with_path(
+        role, node, is_leaf=lambda x: x is not node and isinstance(x, eqx.Module)
+    )
+
+
+def _spec(model: PyTree, role: str) -> PyTree:
+    roles = ("frozen", "plain") if role == "frozen" else (role,)
+    return jtu.tree_map(lambda r: r in roles, _roles(model))
 
 
 def scientific(model: PyTree) -> PyTree:
@@ -127,13 +178,35 @@ def scientific(model: PyTree) -> PyTree:
 
 
 def network(model: PyTree) -> PyTree:
-    """Filter spec selecting floating-point arrays outside any `Param` (θ_ml)."""
+    """Filter spec selecting the weights of networks (θ_ml): the floating-point arrays
+    inside a network module and nothing else.
+
+    A network module is an instance of a class from ``equinox.nn`` or ``scilayers.nn``
+    (`is_network`), or anything held in a field that its owner declares as a network with
+    the class attribute ``network_fields`` (``Hybrid`` and ``NeuralStepper`` declare
+    ``network_fields = ("net",)``, so a custom network passed as ``net`` is θ_ml). A
+    floating-point array anywhere else (a plain ``jnp`` array stored in a model) is
+    frozen: wrap it in ``Param(...)`` to learn it as θ_s, or declare its field in
+    ``network_fields`` to train it as a network weight. `unlearned` lists such arrays, and
+    `fit` warns about them.
+    """
     return _spec(model, "network")
 
 
 def frozen(model: PyTree) -> PyTree:
-    """Filter spec selecting everything else: fixed `Param`s, integers, non-arrays."""
+    """Filter spec selecting everything else: fixed `Param`s, floating-point arrays outside
+    `Param`s and networks (see `network`), integers, non-arrays."""
     return _spec(model, "frozen")
+
+
+def unlearned(model: PyTree, float_owners: tuple[type, ...] = ()) -> list[str]:
+    """Dotted paths of the floating-point leaves of ``model`` that no group trains although
+    they look like coefficients: inexact arrays outside `Param`s and networks (see
+    `network`), and Python floats held directly as fields by an instance of one of
+    ``float_owners`` (`fit` passes the scientific model class). Each is frozen; wrap it in
+    ``Param(...)`` to learn it or ``Param(..., fixed=True)`` to say it is a constant."""
+    flat = jtu.tree_flatten_with_path(_roles(model, float_owners=float_owners))[0]
+    return [".".join(_key_name(k) for k in path) or "<root>" for path, r in flat if r == "plain"]
 
 
 def partition(model: PyTree) -> tuple[PyTree, PyTree, PyTree]:

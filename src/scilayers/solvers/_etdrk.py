@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Complex, Float
 
+from .._typing import ScalarLike
 from ..models import AbstractSpectralModel
 from ._base import AbstractStepper
 
@@ -42,18 +43,28 @@ def etdrk4_coefficients(
     return jnp.exp(hl), jnp.exp(hl / 2), q, f1, f2, f3
 
 
-def _etdrk4_step(model, dealias, coefficients, carry):
-    """One ETDRK4 step of ``model`` on the carried ``(û, u)`` with the given coefficients."""
+def _etdrk4_step(model, dealias, coefficients, carry, t=0.0, dt=None):
+    """One ETDRK4 step of ``model`` from time ``t`` on the carried ``(û, u)`` with the given
+    coefficients. The non-stiff part ``N(t, u)`` is evaluated at the stage times of Cox &
+    Matthews: ``t`` (at ``u_n``), ``t + dt/2`` (at ``a`` and ``b``) and ``t + dt`` (at
+    ``c``); an autonomous model ignores them (and ``dt`` may then be left out)."""
+    if dt is None:
+        if not model.autonomous:
+            raise ValueError(
+                f"_etdrk4_step needs dt for the stage times of the time-dependent model "
+                f"{type(model).__name__}."
+            )
+        dt = 0.0
     v, u = carry
     e, e2, q, f1, f2, f3 = coefficients
     mask = None if dealias is None else model.dealias_mask(dealias)
-    nv = model.nonlinear_hat(v, mask, u)
+    nv = model.nonlinear_hat_at(t, v, mask, u)
     a = e2 * v + q * nv
-    na = model.nonlinear_hat(a, mask)
+    na = model.nonlinear_hat_at(t + 0.5 * dt, a, mask)
     b = e2 * v + q * na
-    nb = model.nonlinear_hat(b, mask)
+    nb = model.nonlinear_hat_at(t + 0.5 * dt, b, mask)
     c = e2 * a + q * (2 * nb - nv)
-    nc = model.nonlinear_hat(c, mask)
+    nc = model.nonlinear_hat_at(t + dt, c, mask)
     v = e * v + f1 * nv + 2 * f2 * (na + nb) + f3 * nc
     return v, jnp.fft.irfft(v, model.n)
 
@@ -63,10 +74,15 @@ def _init_carry(u):
 
 
 class ETDRK4(AbstractStepper):
-    r"""Fourth-order exponential time differencing Runge–Kutta for ``u_t = L u + N(u)``.
+    r"""Fourth-order exponential time differencing Runge–Kutta for ``u_t = L u + N(t, u)``.
 
-    The linear part is integrated exactly; the φ-function coefficients are built from the
-    model's current θ_s on every call (so ``jax.grad`` reaches e.g. KS's ``a, b, c, d``).
+    ``step(u, t)`` advances from ``t`` to ``t + dt``. ``N(t, u)`` is the model's
+    nonlinear part plus, for an `AbstractForcedSpectralModel`, its time-dependent source
+    (`AbstractSpectralModel.nonlinear_hat_at`), evaluated at the stage times ``t``,
+    ``t + dt/2``, ``t + dt/2``, ``t + dt``: the scheme keeps its fourth order with explicit
+    time dependence. The linear part is integrated exactly; the φ-function coefficients
+    are built from the model's current θ_s on every call (so ``jax.grad`` reaches e.g.
+    KS's ``a, b, c, d``).
     Ten real FFTs per step: one into and one out of Fourier space, two per nonlinear
     evaluation. `rollout` computes the coefficients once per trajectory (`prepare`).
 
@@ -124,14 +140,14 @@ class ETDRK4(AbstractStepper):
         """The physical state(s) inside a carry (works on stacked carries too)."""
         return carry[1]
 
-    def step_carry(self, carry):
-        """One step on the carried ``(û, u)``; returns the new carry."""
+    def step_carry(self, carry, t: ScalarLike = 0.0):
+        """One step from time ``t`` on the carried ``(û, u)``; returns the new carry."""
         coefficients = self.coefficients_for(self.model.linear_operator())
-        return _etdrk4_step(self.model, self.dealias, coefficients, carry)
+        return _etdrk4_step(self.model, self.dealias, coefficients, carry, t, self.dt)
 
-    def __call__(self, u: Float[Array, " n"]) -> Float[Array, " n"]:
+    def __call__(self, u: Float[Array, " n"], t: ScalarLike = 0.0) -> Float[Array, " n"]:
         self.check(u)
-        return self.step_carry(self.init_carry(u))[1]
+        return self.step_carry(self.init_carry(u), t)[1]
 
 
 _STALE = (
@@ -203,11 +219,12 @@ class _PreparedETDRK4(AbstractStepper):
     def carry_output(carry):
         return carry[1]
 
-    def step_carry(self, carry):
-        """One step with the cached coefficients (`init_carry` checked them)."""
-        return _etdrk4_step(self.model, self.stepper.dealias, self.coefficients, carry)
+    def step_carry(self, carry, t: ScalarLike = 0.0):
+        """One step from time ``t`` with the cached coefficients (`init_carry` checked
+        them)."""
+        return _etdrk4_step(self.model, self.stepper.dealias, self.coefficients, carry, t, self.dt)
 
-    def __call__(self, u: Float[Array, " n"]) -> Float[Array, " n"]:
+    def __call__(self, u: Float[Array, " n"], t: ScalarLike = 0.0) -> Float[Array, " n"]:
         self.check(u)
         lin = self.model.linear_operator()
         stale = self._stale(lin)
@@ -216,7 +233,7 @@ class _PreparedETDRK4(AbstractStepper):
         else:
             coefficients = self.stepper.coefficients_for(lin) if stale else self.coefficients
         carry = _init_carry(u)
-        return _etdrk4_step(self.model, self.stepper.dealias, coefficients, carry)[1]
+        return _etdrk4_step(self.model, self.stepper.dealias, coefficients, carry, t, self.dt)[1]
 
 
 def phi1(lin: Complex[Array, " m"], dt: float, points: int = 32, radius: float = 1.0):

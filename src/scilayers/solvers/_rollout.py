@@ -12,6 +12,7 @@ import jax.tree_util as jtu
 import numpy as np
 from jaxtyping import PyTree
 
+from .._typing import ScalarLike
 from ._base import AbstractStepper
 
 MEMORY_POLICIES = ("full", "checkpoint", "recursive")
@@ -19,7 +20,8 @@ MEMORY_POLICIES = ("full", "checkpoint", "recursive")
 
 class Repeated(AbstractStepper):
     """Apply a stepper ``substeps`` times: a step of ``substeps · inner.dt``
-    (Exponax's ``RepeatedStepper``)."""
+    (Exponax's ``RepeatedStepper``); ``step(u, t)`` runs the inner steps from
+    ``t, t + inner.dt, …``."""
 
     inner: AbstractStepper
     substeps: int = eqx.field(static=True)
@@ -41,42 +43,63 @@ class Repeated(AbstractStepper):
         prep = getattr(self.inner, "prepare", None)
         return self if prep is None else Repeated(prep(), self.substeps)
 
-    def __call__(self, u):
+    def __call__(self, u, t: ScalarLike = 0.0):
         self.check(u)
-        return jax.lax.fori_loop(0, self.substeps, lambda _, v: self.inner(v), u)
+        dt = self.inner.dt
+        return jax.lax.fori_loop(0, self.substeps, lambda i, v: self.inner(v, t + i * dt), u)
 
 
-def _scan(step, u, n: int, out=None):
-    def body(carry, _):
-        nxt = step(carry)
+def takes_time(step) -> bool:
+    """Whether `rollout` passes time to ``step`` (``step(u, t)``): true for every scilayers
+    stepper (`AbstractStepper`, which includes `Hybrid`), false for a plain function
+    ``u -> u``."""
+    return isinstance(step, AbstractStepper)
+
+
+def _scan(step, u, n: int, out=None, ts=None):
+    """``n`` steps of ``step(carry, t)`` over ``lax.scan``, ``t`` from ``ts`` (or ``None``)."""
+
+    def body(carry, t):
+        nxt = step(carry, t)
         return nxt, (nxt if out is None else out(nxt))
 
-    return jax.lax.scan(body, u, None, length=n)
+    return jax.lax.scan(body, u, ts, length=n)
 
 
-def _blocked(step, u, n: int, blocks: tuple[int, ...], out=None):
+def _blocked(step, u, n: int, blocks: tuple[int, ...], out=None, ts=None):
     """Roll ``n`` steps in checkpointed blocks; ``blocks`` lists block sizes, outer first.
 
     Only block boundaries are kept for the backward pass; each block is recomputed (and,
     with more than one level, recursively checkpointed again) when its gradient is needed.
+    ``ts`` (shape ``(n,)`` or ``None``) are the start times of the steps.
     """
     if not blocks or n <= blocks[-1]:
-        return _scan(step, u, n, out)
+        return _scan(step, u, n, out, ts)
     size, inner = blocks[0], blocks[1:]
     if n < size:
-        return _blocked(step, u, n, inner, out)
+        return _blocked(step, u, n, inner, out, ts)
     q, r = divmod(n, size)
 
     @jax.checkpoint
-    def block(carry):
-        return _blocked(step, carry, size, inner, out)
+    def block(carry, tb):
+        return _blocked(step, carry, size, inner, out, tb)
 
-    u, ys = jax.lax.scan(lambda c, _: block(c), u, None, length=q)
+    xs = None if ts is None else ts[: q * size].reshape(q, size)
+    u, ys = jax.lax.scan(block, u, xs, length=q)
     ys = jtu.tree_map(lambda y: y.reshape(q * size, *y.shape[2:]), ys)
     if r:
-        u, rest = _blocked(step, u, r, inner, out)
+        u, rest = _blocked(step, u, r, inner, out, None if ts is None else ts[q * size :])
         ys = jtu.tree_map(lambda a, b: jnp.concatenate([a, b]), ys, rest)
     return u, ys
+
+
+def _untimed(step):
+    """A plain ``u -> u`` as the ``(u, t) -> u`` the scan calls (``t`` is ``None``)."""
+
+    def body(u, _):
+        return step(u)
+
+    return body
 
 
 def _recursive_blocks(n: int, base: int) -> tuple[int, ...]:
@@ -97,6 +120,7 @@ def rollout(
     step: Callable[[PyTree], PyTree],
     u0: PyTree,
     n: int,
+    t0: ScalarLike | None = None,
     *,
     memory: str = "full",
     checkpoint_every: int | None = None,
@@ -105,13 +129,21 @@ def rollout(
     r"""Iterate ``step`` ``n`` times from ``u0``: returns ``[u0, u1, …, un]`` stacked on axis 0.
 
     Built on ``lax.scan`` (never a Python loop around a jitted step). Works on a single
-    state and under ``jax.vmap`` for batches.
+    state and under ``jax.vmap`` for batches (also over ``t0``).
+
+    Time: ``u0`` is the state at time ``t0`` and ``u_k`` the state at ``t0 + k·dt``. A
+    scilayers stepper (`AbstractStepper`, `Hybrid`; see `takes_time`) is called as
+    ``step(u_k, t0 + k·dt)``; the times are computed as ``t0 + k·dt`` (not summed step by
+    step), so they carry no accumulated round-off. A plain function is called as
+    ``step(u)``.
 
     **Arguments:**
 
-    - `step`: any function ``u -> u`` (a stepper, a `Hybrid`, a closure).
+    - `step`: a stepper or a `Hybrid` (``(u, t) -> u``), or any function ``u -> u``.
     - `u0`: the initial state (array or pytree).
     - `n`: number of steps (>= 0).
+    - `t0`: the time of ``u0`` (default ``None``: 0), a scalar (traced is fine); only for
+      a step that takes time — a plain function with a `t0` is an error.
     - `memory`: what the backward pass keeps:
         - ``"full"`` stores every intermediate of every step (fastest, O(n) memory);
         - ``"checkpoint"`` stores the state every `checkpoint_every` steps
@@ -129,8 +161,21 @@ def rollout(
         raise ValueError(f"rollout needs a non-negative integer number of steps, got {n!r}.")
     if checkpoint_every is not None and checkpoint_every < 2:
         raise ValueError(f"checkpoint_every must be >= 2, got {checkpoint_every}.")
-    if isinstance(step, AbstractStepper):
+    timed = takes_time(step)
+    if timed:
         step.check(u0)
+    if t0 is not None:
+        if not timed:
+            raise ValueError(
+                f"rollout got t0 but step {type(step).__name__} is a plain function u -> u "
+                f"that takes no time; use a scilayers stepper (an AbstractStepper or a "
+                f"Hybrid), which is called as step(u, t), or leave t0 out."
+            )
+        if jnp.ndim(t0) != 0:
+            raise ValueError(
+                f"rollout expects a scalar t0, got shape {jnp.shape(t0)}; for a batch of "
+                f"start times use jax.vmap over u0 and t0 together."
+            )
 
     leaves = jtu.tree_leaves(u0)
     concrete = not any(isinstance(x, jax.core.Tracer) for x in leaves)
@@ -152,23 +197,32 @@ def rollout(
 
     if n == 0:
         return jtu.tree_map(lambda x: x[None], u0)
-    out = None
+    out, ts = None, None
     prepare = getattr(step, "prepare", None)
     if prepare is not None:  # θ_s-dependent coefficients once per trajectory, not per step
         step = prepare()
+    if timed:
+        dtype = jnp.result_type(float)
+        start = jnp.zeros((), dtype) if t0 is None else jnp.asarray(t0, dtype)
+        ts = start + step.dt * jnp.arange(n, dtype=dtype)
+        body = step
+    else:
+        body = _untimed(step)
     # start in the dtype a step produces (e.g. float32 data with float64 θ_s), so the scan
     # carry keeps one type and nothing is computed in the lower precision
-    u0 = jtu.tree_map(lambda x, t: x.astype(t.dtype), u0, jax.eval_shape(step, u0))
-    body, carry0 = step, u0
+    probe = None if ts is None else jax.ShapeDtypeStruct((), ts.dtype)
+    u0 = jtu.tree_map(lambda x, t: x.astype(t.dtype), u0, jax.eval_shape(body, u0, probe))
+    carry0 = u0
     if hasattr(step, "init_carry"):  # e.g. ETDRK4 carries (û, u): fewer FFTs per step
         body, carry0, out = step.step_carry, step.init_carry(u0), step.carry_output
     if memory == "full":
-        _, ys = _scan(body, carry0, n, out)
+        _, ys = _scan(body, carry0, n, out, ts)
     elif memory == "checkpoint":
         k = checkpoint_every or max(2, math.isqrt(n - 1) + 1)
-        _, ys = _blocked(body, carry0, n, (k,), out)
+        _, ys = _blocked(body, carry0, n, (k,), out, ts)
     else:
-        _, ys = _blocked(body, carry0, n, _recursive_blocks(n, checkpoint_every or 8), out)
+        blocks = _recursive_blocks(n, checkpoint_every or 8)
+        _, ys = _blocked(body, carry0, n, blocks, out, ts)
     traj = jtu.tree_map(lambda a, b: jnp.concatenate([a[None], b]), u0, ys)
 
     if check_finite and concrete and not isinstance(jtu.tree_leaves(traj)[0], jax.core.Tracer):

@@ -8,6 +8,7 @@ from ._fit import FitResult as FitResult
 from ._fit import Stage as Stage
 from ._fit import Trainable as Trainable
 from ._fit import TrainingDiverged as TrainingDiverged
+from ._fit import Trajectories as Trajectories
 from ._fit import combine_trainable as combine_trainable
 from ._fit import compiled_train_step as compiled_train_step
 from ._fit import fit as fit
@@ -17,7 +18,10 @@ from ._fit import loss_weights as loss_weights
 from ._fit import make_loss as make_loss
 from ._fit import make_train_step as make_train_step
 from ._fit import read_checkpoint_meta as read_checkpoint_meta
+from ._fit import sample_timed_windows as sample_timed_windows
 from ._fit import sample_windows as sample_windows
 from ._fit import save_checkpoint as save_checkpoint
 from ._fit import split_trainable as split_trainable
 from ._fit import stages_for as stages_for
+from ._hessian import ThetaHessian as ThetaHessian
+from ._hessian import theta_hessian as theta_hessian

@@ -9,6 +9,7 @@ import json
 import os
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -19,11 +20,12 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 import numpy as np
 import optax
-from jaxtyping import PyTree
+from jaxtyping import Array, PyTree
 
 from ..hybrid import Hybrid
 from ..losses import closure_magnitude, physics_loss, prior_loss, rollout_loss
-from ..params import is_param, network, scientific, values
+from ..models import AbstractModel
+from ..params import is_param, network, scientific, unlearned, values
 from ._config import TrainConfig
 
 
@@ -46,13 +48,19 @@ class Stage:
 
 @dataclass
 class FitResult:
-    """What `fit` returns: the trained model, its history and bookkeeping."""
+    """What `fit` returns: the trained model, its history and bookkeeping.
+
+    ``trained`` counts, per stage name, the entries of θ_s and θ_ml that stage trains
+    (``{"joint": {"theta_s": 2, "theta_ml": 0}}``); ``notes`` says in words what was not
+    trained (an empty group, frozen floating-point fields)."""
 
     model: Any
     history: dict[str, np.ndarray]
     config: TrainConfig
     seconds: float
     resumed_from: int | None = None
+    trained: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
+    notes: tuple[str, ...] = ()
 
 
 def stages_for(config: TrainConfig) -> list[Stage]:
@@ -125,15 +133,53 @@ def _horizon_at(config: TrainConfig, step: int, total: int) -> int:
     return int(sched[idx])
 
 
-def sample_windows(data, key, batch: int, horizon: int):
-    """``batch`` random windows of ``horizon + 1`` consecutive states from ``data``
-    (trajectories, time, *state), drawn with ``key``."""
+class Trajectories(NamedTuple):
+    """Training trajectories with their start times: ``states`` of shape
+    ``(trajectories, time, *state)``, states ``dt`` (the model's step) apart, and ``t0`` of
+    shape ``(trajectories,)``, the time of each trajectory's first state. A train step
+    (`make_train_step`) takes this or the bare ``states`` array (every trajectory then
+    starts at ``t = 0``)."""
+
+    states: Array
+    t0: Array
+
+
+def _unpack(data) -> tuple[Array, Array | None]:
+    if isinstance(data, Trajectories):
+        return data.states, data.t0
+    return data, None
+
+
+def sample_timed_windows(data, key, batch: int, horizon: int, dt: float = 1.0):
+    """``(windows, t_start)``: ``batch`` random windows of ``horizon + 1`` consecutive
+    states from ``data`` (an array of shape ``(trajectories, time, *state)`` or
+    `Trajectories`), drawn with ``key``, and the time of each window's first state,
+    ``t0[i] + s·dt`` for a window from index ``s`` of trajectory ``i`` (``t0 = 0`` for a
+    bare array). The same windows as `sample_windows` for the same key."""
+    states, t0 = _unpack(data)
     kt, ks = jax.random.split(key)
-    n_traj, n_time = data.shape[0], data.shape[1]
+    n_traj, n_time = states.shape[0], states.shape[1]
     traj = jax.random.randint(kt, (batch,), 0, n_traj)
     start = jax.random.randint(ks, (batch,), 0, n_time - horizon)
     idx = start[:, None] + jnp.arange(horizon + 1)[None, :]
-    return data[traj[:, None], idx]
+    dtype = jnp.result_type(float)
+    t_start = dt * start.astype(dtype)
+    if t0 is not None:
+        t_start = jnp.asarray(t0, dtype)[traj] + t_start
+    return states[traj[:, None], idx], t_start
+
+
+def sample_windows(data, key, batch: int, horizon: int):
+    """``batch`` random windows of ``horizon + 1`` consecutive states from ``data``
+    (trajectories, time, *state), drawn with ``key`` (`sample_timed_windows` also gives
+    their start times)."""
+    return sample_timed_windows(data, key, batch, horizon)[0]
+
+
+def _step_dt(model) -> float:
+    """The time between consecutive data states: the model's step ``dt`` (1 without one)."""
+    dt = getattr(model, "dt", None)
+    return 1.0 if dt is None else dt
 
 
 LAMBDAS = ("lambda_data", "lambda_physics", "lambda_prior", "lambda_closure")
@@ -152,25 +198,36 @@ def _structural(config: TrainConfig) -> TrainConfig:
 
 def make_loss(config: TrainConfig, stage: Stage):
     """The total loss ``λ_d L_data + λ_p L_physics + λ_prior (-log p) + λ_c ||closure||²``
-    of a model on a batch of windows, ``loss_fn(model, windows, weights) -> (loss, parts)``.
-    A term is computed only where ``config`` gives it a positive λ; the values of the λ come
-    from ``weights`` (see `loss_weights`)."""
+    of a model on a batch of windows, ``loss_fn(model, windows, weights, t0=None) ->
+    (loss, parts)``; window ``b`` starts at time ``t0[b]`` (``None``: 0). A term is
+    computed only where ``config`` gives it a positive λ; the values of the λ come from
+    ``weights`` (see `loss_weights`)."""
 
-    def loss_fn(model, windows, weights):
+    def loss_fn(model, windows, weights, t0=None):
         view = _view(model, stage)
-        data_l, pred = rollout_loss(view, windows, config.memory)
+        data_l, pred = rollout_loss(view, windows, config.memory, t0)
         parts = {"data": data_l}
         total = weights["lambda_data"] * data_l
         if config.lambda_physics > 0:
-            parts["physics"] = physics_loss(view, pred)
+            parts["physics"] = physics_loss(view, pred, t0)
             total = total + weights["lambda_physics"] * parts["physics"]
         if config.lambda_prior > 0:
             parts["prior"] = prior_loss(view)
             total = total + weights["lambda_prior"] * parts["prior"]
         if config.lambda_closure > 0:
             states = windows[:, :-1].reshape(-1, *windows.shape[2:])
-            parts["closure"] = closure_magnitude(view, states)
+            times = None
+            if t0 is not None:
+                lags = _step_dt(view) * jnp.arange(windows.shape[1] - 1, dtype=t0.dtype)
+                times = (t0[:, None] + lags[None, :]).reshape(-1)
+            parts["closure"] = closure_magnitude(view, states, times)
             total = total + weights["lambda_closure"] * parts["closure"]
+        if _modulates(view):
+            # the θ_s a 'parameter' coupling used, averaged over the batch's states
+            states = windows[:, :-1].reshape(-1, *windows.shape[2:])
+            eff = jax.vmap(view.effective_theta)(jax.lax.stop_gradient(states))
+            for name in view.modulated():
+                parts[f"theta_eff/{name}"] = jnp.mean(eff[name])
         return total, parts
 
     return loss_fn
@@ -180,16 +237,19 @@ def make_train_step(config: TrainConfig, stage: Stage, opt_theta, opt_net, horiz
     """A pure step ``(trainable, opt_state, static, data, key, hyper) -> (trainable,
     opt_state, loss, parts, ok)``. ``trainable`` and ``opt_state`` are `Trainable` pairs
     (`split_trainable`, `init_opt_state`); ``hyper`` holds ``lr_scale`` and the loss weights
-    (`loss_weights`). A non-finite loss or gradient rejects the step (the returned state is
-    the input state) and ``ok`` is false. Pure in all arguments, so an ensemble can ``vmap``
-    it over member keys and a batch can be sharded."""
+    (`loss_weights`). ``data`` is an array of trajectories or `Trajectories` (with start
+    times); windows start at their times (`sample_timed_windows`). A non-finite loss or
+    gradient rejects the step (the returned state is the input state) and ``ok`` is false.
+    Pure in all arguments, so an ensemble can ``vmap`` it over member keys and a batch can
+    be sharded."""
     loss_fn = make_loss(config, stage)
 
     def step(trainable, opt_state, static, data, key, hyper):
-        windows = sample_windows(data, key, config.batch_size, horizon)
+        dt = _step_dt(combine_trainable(trainable, static))
+        windows, t_start = sample_timed_windows(data, key, config.batch_size, horizon, dt)
 
         def f(tr):
-            return loss_fn(combine_trainable(tr, static), windows, hyper)
+            return loss_fn(combine_trainable(tr, static), windows, hyper, t_start)
 
         (loss, parts), grads = jax.value_and_grad(f, has_aux=True)(trainable)
         leaves = jtu.tree_leaves(grads)
@@ -249,7 +309,8 @@ def compiled_train_step(config: TrainConfig, stage: Stage, horizon: int):
 def _val_loss_fn(stage: Stage, memory: str):
     @eqx.filter_jit
     def val(model, windows):
-        return rollout_loss(_view(model, stage), windows, memory)[0]
+        windows, t0 = windows  # the first states of the validation trajectories, and t0
+        return rollout_loss(_view(model, stage), windows, memory, t0)[0]
 
     return val
 
@@ -345,6 +406,25 @@ def _check_data(data, model, name: str):
     return jnp.asarray(arr)
 
 
+def _check_t0(t0, data, name: str):
+    """``t0`` as an array of one start time per trajectory of ``data`` (``None`` stays)."""
+    if t0 is None:
+        return None
+    arr = np.asarray(t0, dtype=float)
+    if arr.ndim == 0:
+        arr = np.full(data.shape[0], float(arr))
+    if arr.shape != (data.shape[0],) or not np.isfinite(arr).all():
+        raise ValueError(
+            f"{name} must be a finite number or one start time per trajectory, shape "
+            f"({data.shape[0]},), got {np.shape(t0)}."
+        )
+    return jnp.asarray(arr, jnp.result_type(float))
+
+
+def _modulates(model) -> bool:
+    return isinstance(model, Hybrid) and model.coupling == "parameter"
+
+
 def _theta_row(model) -> dict[str, float]:
     out = {}
     for k, v in values(model).items():
@@ -384,8 +464,9 @@ class _History:
 
     @classmethod
     def empty(cls, model) -> _History:
+        eff = [f"theta_eff/{k}" for k in model.modulated()] if _modulates(model) else []
         return cls(
-            {k: [] for k in HISTORY_FIELDS},
+            {k: [] for k in (*HISTORY_FIELDS, *eff)},
             {k: [] for k in _theta_row(model)},
             {"step": [], "loss": []},
         )
@@ -410,6 +491,12 @@ class _History:
         row = _theta_row(model)
         for name, v in row.items():
             self.theta[name].append(v)
+        for key in [k for k in h if k.startswith("theta_eff/")]:
+            # a stage with the network off runs the base θ_s
+            name = key.removeprefix("theta_eff/")
+            v = float(parts[key]) if key in parts else row.get(name, float("nan"))
+            h[key].append(v)
+            row = dict(row, **{f"{name}_eff": v})
         return row
 
     def record_val(self, global_step: int, loss: float) -> None:
@@ -417,7 +504,8 @@ class _History:
         self.val["loss"].append(loss)
 
     def arrays(self) -> dict[str, np.ndarray]:
-        """`FitResult.history`: the step records, ``theta/<name>``, ``val_step``, ``val_loss``."""
+        """`FitResult.history`: the step records, ``theta/<name>``, ``theta_eff/<name>``
+        (``parameter`` coupling), ``val_step``, ``val_loss``."""
         out = {k: np.asarray(v) for k, v in self.steps.items()}
         for name, v in self.theta.items():
             out[f"theta/{name}"] = np.asarray(v)
@@ -715,12 +803,62 @@ def _train_stage(run, stages, config, data, val_windows, checkpoints, bar) -> No
     run.model = validation.final(run.model)
 
 
+def _what_is_trained(model, stages: list[Stage], config: TrainConfig):
+    """``(trained, notes, plain)``: per stage the θ_s and θ_ml entries it trains, sentences
+    on what is not trained, and the paths of frozen floating-point fields (`unlearned`).
+    Raises `ValueError` when the strategy would train nothing at all."""
+    plain = unlearned(model, float_owners=(AbstractModel,))
+    size = lambda tree: sum(int(np.size(x)) for x in jtu.tree_leaves(tree))  # noqa: E731
+    trained, idle = {}, []
+    for stage in stages:
+        tr = split_trainable(model, stage)[0]
+        n_s, n_ml = size(tr.theta_s), size(tr.theta_ml)
+        trained[stage.name] = {"theta_s": n_s, "theta_ml": n_ml}
+        if n_s + n_ml == 0:
+            wants = " and ".join(
+                g for g, on in (("θ_s (free sl.Param)", stage.train_theta),
+                                ("θ_ml (network weights)", stage.train_net)) if on
+            )  # fmt: skip
+            idle.append((stage, wants))
+    if len(idle) == len(stages):
+        stage, wants = idle[0]
+        fix = (
+            "add a free sl.Param or a network (sl.Hybrid(step, net))"
+            if stage.train_theta and stage.train_net
+            else "use strategy='joint', which trains whichever group the model has"
+        )
+        hint = ""
+        if plain:
+            hint = (
+                f" The floating-point field(s) {plain} are frozen because they are neither "
+                f"a sl.Param nor inside a network; wrap one in sl.Param(...) to learn it."
+            )
+        raise ValueError(
+            f"fit: nothing to train: strategy {config.strategy!r} trains {wants}, and "
+            f"{type(model).__name__} has none; {fix}.{hint}"
+        )
+    notes = [
+        f"stage {stage.name!r} trained nothing: it trains {wants} and the model has none; "
+        f"its {stage.steps} steps left the model unchanged."
+        for stage, wants in idle
+    ]
+    if not any(t["theta_s"] for t in trained.values()):
+        notes.append("θ_s is empty: the model has no free sl.Param; only θ_ml was trained.")
+    if not any(t["theta_ml"] for t in trained.values()):
+        notes.append("θ_ml is empty: the model has no network weights; only θ_s was trained.")
+    if plain:
+        notes.append(f"frozen floating-point fields (not sl.Param, not in a network): {plain}.")
+    return trained, tuple(notes), plain
+
+
 def fit(
     model,
     data,
     config: TrainConfig | None = None,
     *,
     val=None,
+    t0=None,
+    val_t0=None,
     checkpoint_dir: str | os.PathLike | None = None,
     resume: bool = False,
     progress: bool = True,
@@ -738,6 +876,12 @@ def fit(
 
     - `model`: the model to train; `data`: training trajectories; `config`: `TrainConfig`.
     - `val`: optional validation trajectories for early stopping / best-state selection.
+    - `t0`: the time of each training trajectory's first state: a number, or one per
+      trajectory (shape ``(trajectories,)``); default ``None``: every trajectory starts at
+      ``t = 0``. Consecutive states are assumed ``dt`` apart (the model's step), so a
+      window drawn from index ``s`` of trajectory ``i`` starts at ``t0[i] + s·dt``: what a
+      time-dependent model (`scilayers.models.AbstractForcedModel`) or a closure that sees
+      time needs; an autonomous model ignores it. `val_t0`: the same for `val`.
     - `checkpoint_dir`: where checkpoints go (needed for `checkpoint_every` and `resume`).
     - `resume`: continue from the checkpoint in `checkpoint_dir` if there is one. The
       config must be the one the checkpoint was written with (the error names each field
@@ -751,10 +895,27 @@ def fit(
     - `progress`: show a Rich progress bar with the loss and current θ_s while stdout is a
       terminal (nothing is written otherwise).
 
-    **Returns:** a `FitResult` with the trained `model` and `history` (per step: losses,
-    θ_s values, learning-rate scale, rejected flags; per validation: val loss).
+    What is trained: θ_s are the raw values of the free `Param`s, θ_ml the weights of
+    network modules (see `scilayers.params.network`); every other floating-point array
+    (and a Python float field of a scientific model) is frozen, and `fit` warns once,
+    naming the fields. Strategies choose among the two groups; a strategy with nothing to
+    train is an error, and a stage that trains nothing or a group that is empty
+    throughout is said in `FitResult.notes`.
 
-    **Raises:** `ValueError` for malformed data or an unusable checkpoint;
+    **Returns:** a `FitResult` with the trained `model`, `history`, `trained` (entries per
+    group and stage) and `notes`. ``history`` holds per step ``step``, ``stage``, ``loss``
+    and its parts (``data``, ``physics``, ``prior``, ``closure``), ``grad_norm``,
+    ``lr_scale``, ``rejected``; the θ_s after the step as ``theta/<name>`` (names as in
+    `scilayers.params.values`, the mean for an array Param); for a ``parameter``-coupled
+    `Hybrid` the effective θ_s averaged over the states of the step's batch (before its
+    update) as ``theta_eff/<name>`` (names as in `Hybrid.modulated`); per validation
+    ``val_step`` and ``val_loss``.
+
+    **Warns:** `UserWarning` when the model holds floating-point fields that are neither
+    a `Param` nor inside a network (frozen; wrap them in ``sl.Param``).
+
+    **Raises:** `ValueError` for malformed data, a strategy with nothing to train, or an
+    unusable checkpoint;
     `TrainingDiverged` after `max_rejects` consecutive non-finite steps (naming the last
     checkpoint if this run has one).
     """
@@ -767,9 +928,26 @@ def fit(
             f"trajectories have {data.shape[1]} states but the horizon needs {max_h + 1}; "
             f"lower the horizon or provide longer trajectories."
         )
-    val_windows = None if val_arr is None else val_arr[:, : max_h + 1]
+    t0 = _check_t0(t0, data, "t0")
+    if t0 is not None:
+        data = Trajectories(data, t0)
+    val_windows = None
+    if val_arr is not None:
+        val_t0 = _check_t0(val_t0, val_arr, "val_t0")
+        if val_t0 is None:
+            val_t0 = jnp.zeros(val_arr.shape[0], jnp.result_type(float))
+        val_windows = (val_arr[:, : max_h + 1], val_t0)
     checkpoints = _Checkpoints.open(checkpoint_dir, config, resume)
     stages = stages_for(config)
+    trained, notes, plain = _what_is_trained(model, stages, config)
+    if plain:
+        warnings.warn(
+            f"fit: {', '.join(plain)} not trained: a floating-point field that is neither a "
+            f"sl.Param nor inside a network is frozen; wrap it in sl.Param(...) to learn it "
+            f"or sl.Param(..., fixed=True) to silence this.",
+            UserWarning,
+            stacklevel=2,
+        )
 
     run = checkpoints.restore(model, stages) if resume else None
     if run is None:
@@ -779,4 +957,12 @@ def fit(
         while run.stage < len(stages):
             _train_stage(run, stages, config, data, val_windows, checkpoints, bar)
             run.stage, run.stage_step = run.stage + 1, 0
-    return FitResult(run.model, run.history.arrays(), config, run.seconds(), run.resumed_from)
+    return FitResult(
+        run.model,
+        run.history.arrays(),
+        config,
+        run.seconds(),
+        run.resumed_from,
+        trained,
+        notes,
+    )
