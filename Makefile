@@ -17,7 +17,7 @@ endif
 # writes runs/ks-quick/{results.json,report.md,figures/}.
 DEMO_CMD ?= $(SCILAYERS) run ks --preset quick --out runs/ks-quick
 
-.PHONY: help venv install demo test test-all bench lint clean
+.PHONY: help venv install demo test test-all bench lint docs clean
 
 help:
 	@echo "make demo      create $(VENV), install, run the default study (DEMO_CMD)"
@@ -25,6 +25,7 @@ help:
 	@echo "make test-all  all tests, slow ones included"
 	@echo "make bench     the benchmark suite (writes benchmarks/results.json)"
 	@echo "make lint      ruff"
+	@echo "make docs      build the documentation site into site/ (mkdocs --strict)"
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -51,5 +52,11 @@ bench: install
 lint: install
 	$(VENV)/bin/ruff check src tests benchmarks
 
+# The documentation site (MkDocs Material + mkdocstrings), warnings are errors.
+docs: install
+	@$(PY) -c "import mkdocs, material, mkdocstrings, griffe_public_redundant_aliases" \
+		2>/dev/null || $(PIP) install -e ".[docs]"
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
+
 clean:
-	rm -rf runs .pytest_cache .ruff_cache
+	rm -rf runs site .pytest_cache .ruff_cache
