@@ -16,13 +16,13 @@ try:
 except PackageNotFoundError:  # pragma: no cover
     __version__ = "0.0.0"
 
+from . import baselines as baselines  # noqa: E402
+from . import data as data  # noqa: E402
 from . import hybrid as hybrid  # noqa: E402
 from . import losses as losses  # noqa: E402
+from . import metrics as metrics  # noqa: E402
 from . import training as training  # noqa: E402
 from .hybrid import Hybrid as Hybrid  # noqa: E402
 from .hybrid import identifiability as identifiability  # noqa: E402
 from .training import TrainConfig as TrainConfig  # noqa: E402
 from .training import fit as fit  # noqa: E402
-from . import baselines as baselines  # noqa: E402
-from . import data as data  # noqa: E402
-from . import metrics as metrics  # noqa: E402

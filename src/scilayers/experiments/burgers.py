@@ -51,7 +51,7 @@ PRESETS = {
         dt=0.1, context_steps=5, corr_steps=40, main_horizon=20, horizons=(5, 10, 20, 40),
         field_steps=40, data_sizes=(), lambda_sweep=(0.0,), closure_variants=("unrestricted",),
         pinn=PINNConfig(adam_steps=400, lbfgs_steps=100), pinn_trajectories=2,
-        train=TrainConfig(steps=100, batch_size=8, horizon=5, lr_theta=5e-2, lr_net=3e-3,
+        train=TrainConfig(steps=300, batch_size=8, horizon=5, lr_theta=5e-2, lr_net=3e-3,
                           val_every=50),
     ),
 }  # fmt: skip
@@ -93,7 +93,8 @@ class BurgersStudy(AbstractStudy):
         u, ood = ds["u"].values, ds["u_ood"].values
         n_tr, n_va = int(0.7 * len(u)), int(0.1 * len(u))
         ctx = {"x": np.asarray(Burgers(n=c.n).grid())}
-        sets = {"id": EvalSet("id", u[n_tr + n_va :], c.context_steps - 1, ctx, "amplitude 1"),
+        sets = {"id": EvalSet("id", u[n_tr + n_va :], c.context_steps - 1, ctx,
+                              f"amplitude {c.amplitude:g}"),
                 "ood": EvalSet("ood", ood, c.context_steps - 1, ctx,
                                f"amplitude {c.ood_amplitude:g}")}  # fmt: skip
         return Problem(u[:n_tr], u[n_tr : n_tr + n_va], sets)

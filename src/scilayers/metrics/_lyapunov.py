@@ -10,7 +10,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 def lyapunov_exponent(
     step,
-    u0: Float[Array, "batch *state"],
+    u0: Float[Array, " batch *state"],
     *,
     steps: int,
     dt: float | None = None,
