@@ -7,21 +7,9 @@ import numpy as np
 import pytest
 
 import scilayers as sl
+from _operators import SpectralOperator
 from scilayers.hybrid import OddSignReflection
 from scilayers.losses import closure_magnitude, physics_loss, physics_of, rollout_loss
-
-
-class SpectralOperator(eqx.Module):
-    """A linear network ``u ↦ Σ_p w_p ∂_x^p u`` (exact, to test projections)."""
-
-    weights: jax.Array
-    length: float = eqx.field(static=True)
-
-    def __call__(self, u):
-        n = u.shape[-1]
-        ik = 1j * 2 * jnp.pi / self.length * jnp.arange(n // 2 + 1)
-        sym = sum(w * ik**p for p, w in enumerate(self.weights))
-        return jnp.fft.irfft(sym * jnp.fft.rfft(u), n)
 
 
 class Zero(eqx.Module):

@@ -156,7 +156,8 @@ def transfer(study: AbstractStudy, model, eval_set: EvalSet):
     if isinstance(model, Hybrid):
         return eqx.tree_at(lambda h: h.step, model, transfer(study, model.step, eval_set))
     fresh = study.physics(eval_set)
-    learned = {k: v for k, v in values(model).items() if k in named(fresh)}
+    names = named(fresh)
+    learned = {k: v for k, v in values(model).items() if k in names}
     return set_values(fresh, **learned)
 
 
@@ -169,10 +170,9 @@ def _reference(name: str, problem: Problem, es: EvalSet, steps: int) -> np.ndarr
     u0 = es.data[:, es.start]
     if name == "persistence":
         return np.repeat(u0[:, None], steps + 1, axis=1)
-    train = np.asarray(problem.train, dtype=np.float64)
-    mean = train.mean(axis=(0, 1))
+    mean = np.mean(problem.train, axis=(0, 1), dtype=np.float64)
     if mean.shape != es.state_shape:  # another grid: the scalar climatological mean
-        mean = np.full(es.state_shape, train.mean())
+        mean = np.full(es.state_shape, mean.mean())
     pred = np.broadcast_to(mean, (u0.shape[0], steps + 1, *es.state_shape)).copy()
     pred[:, 0] = u0
     return pred
@@ -461,6 +461,7 @@ def run_study(study: AbstractStudy, seeds: list[int], out: Path, *, resume: bool
     data_seeds = seeds if cfg.data_seeds is None else seeds[: cfg.data_seeds]
     abl_seeds = seeds if cfg.ablation_seeds is None else seeds[: cfg.ablation_seeds]
     results: dict[str, list[dict]] = {}
+    agg: dict[str, dict] = {}  # run name -> mean ± std over seeds
     fields: dict[str, np.ndarray] = {}
     for name in names:
         results[name] = []
@@ -479,14 +480,13 @@ def run_study(study: AbstractStudy, seeds: list[int], out: Path, *, resume: bool
             if seed == seeds[0] and name in (*REFERENCE, *METHODS):
                 for k, v in arr.items():
                     fields[f"pred_{k}__{name}"] = v
-        if not results[name] or all(not m for m in results[name]):
+        if not results[name]:
             continue
-        m = aggregate(study, problem, results[name], poorly)
+        agg[name] = m = aggregate(study, problem, results[name], poorly)
         th = {p: np.round(v["learned"], 4).tolist() for p, v in m["theta"].items()}
         mse = "  ".join(f"{k} {_fmt(m.get(f'{k}_mse'))}" for k in problem.eval_sets)
         log(f"{name:40s} {mse}  θ {th}")
 
-    agg = {n: aggregate(study, problem, r, poorly) for n, r in results.items() if r}
     methods = {}
     for name in (*REFERENCE, *METHODS):
         if name == "pinn" and not any(m.get("id_mse") is not None for m in results[name]):
@@ -544,9 +544,7 @@ def _identifiability(study: AbstractStudy, problem: Problem) -> dict | None:
         res = identifiability_of(study.physics(), jnp.asarray(problem.train[:16, :41]))
     except (ValueError, NotImplementedError):
         return None
-    out = res.to_dict()
-    out["params"], out["correlation"] = out["names"], out["correlations"]
-    return out
+    return res.to_dict()
 
 
 def _fmt(stat: dict | None) -> str:

@@ -191,11 +191,14 @@ class KSStudy(AbstractStudy):
         return KuramotoSivashinsky(length, n, a=c.a_true, b=c.b_true, c=c.c_true,
                                    d=c.d_true or None, e=c.e_true or None)  # fmt: skip
 
+    def _grid(self, eval_set: EvalSet | None) -> tuple[float, int]:
+        """Domain length and coarse points of ``eval_set`` (``None``: the training domain)."""
+        if eval_set is None:
+            return self.cfg.length, self.cfg.n
+        return eval_set.context["length"], eval_set.context["n"]
+
     def truth_model(self, eval_set: EvalSet | None = None):
-        ctx = self.cfg if eval_set is None else None
-        if ctx is not None:
-            return self._true_ks(self.cfg.length, self.cfg.n)
-        return self._true_ks(eval_set.context["length"], eval_set.context["n"])
+        return self._true_ks(*self._grid(eval_set))
 
     def lyapunov(self, problem: Problem, progress: bool) -> dict[str, float]:
         """λ₁ of the truth (fine grid, its time step) from test start states (Benettin)."""
@@ -235,8 +238,7 @@ class KSStudy(AbstractStudy):
     # -- models ----------------------------------------------------------------------------
     def physics(self, eval_set: EvalSet | None = None):
         c = self.cfg
-        length, n = (c.length, c.n) if eval_set is None else (
-            eval_set.context["length"], eval_set.context["n"])  # fmt: skip
+        length, n = self._grid(eval_set)
         model = KuramotoSivashinsky(
             length, n,
             a=Param(c.a_prior, Positive(), prior=LogNormal(c.a_prior, c.prior_sigma), name="a"),

@@ -71,13 +71,13 @@ class Identifiability:
             ]
 
         return {
-            "names": list(self.names),
+            "params": list(self.names),
             "values": dict(zip(self.names, arr(self.values), strict=True)),
             "fisher": arr(self.fisher),
             "eigenvalues": arr(self.eigenvalues),
             "condition_number": _finite_or_none(self.condition_number),
             "relative_std": dict(zip(self.names, arr(self.relative_std), strict=True)),
-            "correlations": arr(self.correlations),
+            "correlation": arr(self.correlations),
             "poorly_identified": list(self.poorly_identified),
             "noise_std": _finite_or_none(self.noise_std),
             "n_states": int(self.n_states),
