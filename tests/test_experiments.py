@@ -155,3 +155,71 @@ def test_bad_study_preset_and_seeds():
         main("burgers", seeds=0)
     with pytest.raises(ValueError, match="main_horizon"):
         TINY.replace(main_horizon=100)
+
+
+class _WithBaselines(BurgersStudy):
+    """The Burgers study with two study baselines (one a model, one bare forecasts), a
+    model-level metric and an extra results block: the engine's study hooks."""
+
+    def extra_methods(self):
+        return {"prior_again": "the physics prior, as a study baseline",
+                "zero_forecast": "forecasts of zero"}  # fmt: skip
+
+    def extra_method(self, name, problem, seed, progress):
+        if name == "prior_again":
+            return self.physics()
+        return {k: np.zeros((es.data.shape[0], self.cfg.corr_steps + 1, *es.state_shape))
+                for k, es in problem.eval_sets.items()}  # fmt: skip
+
+    def model_metrics(self, name, eval_set, model, seed):
+        u0 = jnp.asarray(eval_set.data[0, eval_set.start])
+        return {"one_step_norm": float(jnp.linalg.norm(model(u0)))}
+
+    def study_results(self, problem, results):
+        return {"extra_block": {"n_methods": len(results["methods"])}}
+
+
+def test_study_baselines_and_model_metrics(tmp_path):
+    cfg = TINY.replace(data_sizes=(), lambda_sweep=(0.0,), closure_variants=("orthogonal",),
+                       pinn=None)  # fmt: skip
+    res = run_study(_WithBaselines(cfg), [0], tmp_path, progress=False, log=quiet)
+    methods = res["methods"]
+    assert list(methods)[-2:] == ["prior_again", "zero_forecast"]
+    assert methods["zero_forecast"]["label"] == "forecasts of zero"
+    # a baseline that is a model is evaluated like the standard ones
+    assert methods["prior_again"]["id_mse"] == methods["pure_physics"]["id_mse"]
+    # bare forecasts are scored as given: zero against the truth is the mean square
+    problem = BurgersStudy(cfg).problem(None, False)
+    es = problem.eval_sets["id"]
+    truth = es.data[:, es.start : es.start + cfg.corr_steps + 1]
+    expected = M.rollout_mse(np.zeros_like(truth), truth, cfg.main_horizon)
+    assert methods["zero_forecast"]["id_mse"]["mean"] == pytest.approx(expected)
+    # model metrics for every model (not references, not bare forecasts), per set
+    for m in ("pure_physics", "hybrid_joint", "prior_again"):
+        for s in ("id", "ood"):
+            assert methods[m][f"{s}_one_step_norm"]["mean"] > 0
+    assert "id_one_step_norm" not in methods["persistence"]
+    assert "id_one_step_norm" not in methods["zero_forecast"]
+    assert res["extra_block"]["n_methods"] == len(methods)
+
+
+def test_forecasts_start_at_the_set_time():
+    """A set with start times: rollouts see t0 + start·dt (a time-dependent model)."""
+    from scilayers.experiments import EvalSet
+    from scilayers.experiments._engine import forecast
+    from scilayers.solvers import AbstractStepper
+
+    class Clock(AbstractStepper):
+        model: object = None
+        dt: float = 0.5
+
+        @property
+        def state_shape(self):
+            return (1,)
+
+        def __call__(self, u, t=0.0):
+            return u * 0 + t + self.dt  # the state becomes the time reached
+
+    es = EvalSet("id", np.zeros((2, 5, 1)), start=2, t0=np.array([10.0, 20.0]))
+    pred = forecast(Clock(), es, 3, dt=0.5)
+    np.testing.assert_allclose(pred[:, -1, 0], [10.0 + 1.0 + 1.5, 20.0 + 1.0 + 1.5])

@@ -1,6 +1,7 @@
 """Baselines: pure physics (prior or calibrated θ_s), PINN without parameter adaptation,
 sequential (post-hoc) hybrid, and a pure neural emulator."""
 
+from ._closure import a_priori_closure as a_priori_closure
 from ._methods import calibrate as calibrate
 from ._methods import neural_emulator as neural_emulator
 from ._methods import pure_physics as pure_physics

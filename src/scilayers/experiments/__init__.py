@@ -16,6 +16,7 @@ from ._study import StudyConfig as StudyConfig
 STUDIES: dict[str, str] = {
     "ks": "scilayers.experiments.ks:KSStudy",
     "burgers": "scilayers.experiments.burgers:BurgersStudy",
+    "lorenz96": "scilayers.experiments.lorenz96:Lorenz96Study",
 }
 
 

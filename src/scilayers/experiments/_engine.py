@@ -127,8 +127,11 @@ def _train(study: AbstractStudy, problem: Problem, name: str, opts: dict, seed: 
     cfg = study.cfg
     tc = cfg.train.replace(seed=seed, lambda_physics=opts.get("lambda", cfg.lambda_physics))
     key = _key(opts.get("data_of", name), seed)
-    train = problem.train[: opts["n_train"]] if "n_train" in opts else problem.train
+    n = opts.get("n_train")
+    train = problem.train[:n]
     kw: dict = {"val": problem.val, "progress": progress}
+    if problem.train_t0 is not None:
+        kw.update(t0=np.asarray(problem.train_t0)[:n], val_t0=problem.val_t0)
     if cfg.checkpoint_every:
         tc = tc.replace(checkpoint_every=cfg.checkpoint_every)
         kw.update(checkpoint_dir=ckpt, resume=resume or (ckpt / "checkpoint.json").exists())
@@ -162,8 +165,18 @@ def transfer(study: AbstractStudy, model, eval_set: EvalSet):
 
 
 @eqx.filter_jit
-def _predict(step, u0, n_steps: int):
-    return jax.vmap(lambda u: rollout(step, u, n_steps, check_finite=False))(u0)
+def _rollouts(step, u0, n_steps: int, t0):
+    if t0 is None:
+        return jax.vmap(lambda u: rollout(step, u, n_steps, check_finite=False))(u0)
+    return jax.vmap(lambda u, t: rollout(step, u, n_steps, t, check_finite=False))(u0, t0)
+
+
+def forecast(model, es: EvalSet, steps: int, dt: float) -> np.ndarray:
+    """Rollouts of ``model`` (already on ``es``'s domain) from each trajectory's forecast
+    start, at the start's time when the set has times: ``(batch, 1 + steps, *state)``."""
+    u0 = jnp.asarray(es.data[:, es.start])
+    t0 = None if es.t0 is None else jnp.asarray(np.asarray(es.t0) + es.start * dt)
+    return np.asarray(_rollouts(model, u0, steps, t0))
 
 
 def _reference(name: str, problem: Problem, es: EvalSet, steps: int) -> np.ndarray:
@@ -206,7 +219,8 @@ def evaluate(study: AbstractStudy, problem: Problem, preds: dict[str, np.ndarray
         ]
         phys = study.truth_model(es)
         key = "physics_residual" if name == "id" else f"physics_residual_{name}"
-        out[key] = M.physics_residual(phys, pred[:, : h + 1], cfg.dt) if phys is not None else None
+        if phys is not None:
+            out[key] = M.physics_residual(phys, pred[:, : h + 1], cfg.dt)
         for k, v in study.extra_metrics(es, pred, truth).items():
             out[f"{name}_{k}"] = v
     return out
@@ -243,6 +257,17 @@ def run_one(study: AbstractStudy, problem: Problem, name: str, opts: dict | None
     elif name == "pinn":
         preds, metrics["convergence"] = _pinn(study, problem, seed)
         model = study.physics()
+    elif name in study.extra_methods():
+        built = study.extra_method(name, problem, seed, progress)
+        if isinstance(built, dict):
+            preds = {k: np.asarray(v)[:, : steps + 1] for k, v in built.items()}
+        else:
+            model = built
+            for k, es in problem.eval_sets.items():
+                m = transfer(study, model, es)
+                preds[k] = forecast(m, es, steps, cfg.dt)
+                for mk, mv in study.model_metrics(name, es, m, seed).items():
+                    metrics[f"{k}_{mk}"] = mv
     else:
         if name == "pure_physics":
             model, history = study.physics(), None
@@ -258,8 +283,11 @@ def run_one(study: AbstractStudy, problem: Problem, name: str, opts: dict | None
                 if k.startswith("theta/")
             }
         for k, es in problem.eval_sets.items():
-            u0 = jnp.asarray(es.data[:, es.start])
-            preds[k] = np.asarray(_predict(transfer(study, model, es), u0, steps))
+            m = transfer(study, model, es)
+            preds[k] = forecast(m, es, steps, cfg.dt)
+            if not name.startswith("abl_"):
+                for mk, mv in study.model_metrics(name, es, m, seed).items():
+                    metrics[f"{k}_{mk}"] = mv
     metrics.update(evaluate(study, problem, preds, lyap))
     metrics["train_seconds"] = time.perf_counter() - t0
     metrics["theta"] = {} if model is None else {
@@ -303,7 +331,8 @@ def _pinn(study: AbstractStudy, problem: Problem, seed: int):
 
 def _theta_block(study: AbstractStudy, per_seed: list[dict], poorly: set[str]) -> dict:
     prior = {k: p for k, p in named(study.physics()).items() if not p.fixed}
-    true = values(study.truth_model())
+    truth = study.truth_model()
+    true = {} if truth is None else values(truth)
     out = {}
     for k, p in prior.items():
         learned = [m["theta"][k] for m in per_seed if k in m.get("theta", {})]
@@ -457,7 +486,11 @@ def run_study(study: AbstractStudy, seeds: list[int], out: Path, *, resume: bool
     poorly = set(ident.get("poorly_identified", [])) if ident else set()
 
     runs = train_runs(study, int(problem.train.shape[0]))
-    names = [*REFERENCE, *METHODS, *[n for n in runs if n not in METHODS]]
+    extras = study.extra_methods()
+    clash = set(extras) & {*REFERENCE, *METHODS, *runs}
+    if clash:
+        raise ValueError(f"the {study.name} study's baselines reuse engine names {sorted(clash)}.")
+    names = [*REFERENCE, *METHODS, *extras, *[n for n in runs if n not in METHODS]]
     data_seeds = seeds if cfg.data_seeds is None else seeds[: cfg.data_seeds]
     abl_seeds = seeds if cfg.ablation_seeds is None else seeds[: cfg.ablation_seeds]
     results: dict[str, list[dict]] = {}
@@ -477,7 +510,7 @@ def run_study(study: AbstractStudy, seeds: list[int], out: Path, *, resume: bool
             else:
                 metrics, arr = hit
             results[name].append(metrics)
-            if seed == seeds[0] and name in (*REFERENCE, *METHODS):
+            if seed == seeds[0] and name in (*REFERENCE, *METHODS, *extras):
                 for k, v in arr.items():
                     fields[f"pred_{k}__{name}"] = v
         if not results[name]:
@@ -488,10 +521,10 @@ def run_study(study: AbstractStudy, seeds: list[int], out: Path, *, resume: bool
         log(f"{name:40s} {mse}  θ {th}")
 
     methods = {}
-    for name in (*REFERENCE, *METHODS):
+    for name in (*REFERENCE, *METHODS, *extras):
         if name == "pinn" and not any(m.get("id_mse") is not None for m in results[name]):
             continue  # the PINN does not apply to this study
-        methods[name] = {"label": LABELS[name], **agg[name]}
+        methods[name] = {"label": LABELS.get(name) or extras[name], **agg[name]}
         if name in REFERENCE:
             methods[name]["reference"] = True
     ablations = _ablations(study, agg)
@@ -531,6 +564,10 @@ def run_study(study: AbstractStudy, seeds: list[int], out: Path, *, resume: bool
     de = _data_efficiency(study, problem, agg)
     if de:
         results_json["data_efficiency"] = de
+    for k, v in study.study_results(problem, results_json).items():
+        if k in results_json:
+            raise ValueError(f"the {study.name} study's results block {k!r} reuses an engine key.")
+        results_json[k] = v
     results_json["targets"] = _generic_targets(results_json) + study.targets(results_json)
     results_json["notes"] = _generic_notes(study, problem) + study.notes(problem)
     results_json["figures"] = study.figures(out, results_json, arrays_out)

@@ -108,13 +108,16 @@ class EvalSet:
     """A named evaluation set: ``data`` of shape ``(batch, context_steps + corr_steps,
     *state)`` whose forecasts start at index ``start`` (``context_steps - 1``); ``context``
     holds what the study needs to move a model onto it (e.g. the domain length, and ``x``,
-    the grid, for figures); ``label`` says in words what was shifted."""
+    the grid, for figures); ``label`` says in words what was shifted; ``t0`` (optional,
+    shape ``(batch,)``) is the time of ``data[:, 0]`` for a time-dependent model (states
+    are ``dt`` apart), ``None`` for an autonomous one."""
 
     name: str
     data: np.ndarray
     start: int
     context: dict[str, Any] = field(default_factory=dict)
     label: str = ""
+    t0: np.ndarray | None = None
 
     @property
     def state_shape(self) -> tuple[int, ...]:
@@ -124,12 +127,16 @@ class EvalSet:
 @dataclass
 class Problem:
     """Truth cut into splits: training and validation trajectories on the training domain,
-    and the evaluation sets (the first is in-domain, named ``"id"``)."""
+    and the evaluation sets (the first is in-domain, named ``"id"``). ``train_t0`` and
+    ``val_t0`` (optional) are the times of the first state of each trajectory, for a
+    time-dependent model; ``info`` holds whatever else the study's hooks need."""
 
     train: np.ndarray
     val: np.ndarray
     eval_sets: dict[str, EvalSet]
     info: dict[str, Any] = field(default_factory=dict)
+    train_t0: np.ndarray | None = None
+    val_t0: np.ndarray | None = None
 
     def __post_init__(self):
         if next(iter(self.eval_sets), None) != "id":
@@ -166,7 +173,9 @@ class AbstractStudy(abc.ABC):
     @abc.abstractmethod
     def truth_model(self, eval_set: EvalSet | None = None):
         """The true equation (true θ_s as `Param`s) on ``eval_set``'s grid (``None``: the
-        training grid), for the physics residual and the true θ_s."""
+        training grid), for the physics residual and the true θ_s; ``None`` where the
+        observed variables have no closed equation with known θ_s (real data, a truth with
+        unobserved scales): then neither is reported."""
 
     def lyapunov(self, problem: Problem, progress: bool) -> dict[str, float]:
         """The truth's leading Lyapunov exponent per evaluation set (``{}``: not chaotic /
@@ -204,6 +213,33 @@ class AbstractStudy(abc.ABC):
 
         model = self.physics(eval_set).model
         return model if pinn_applicable(model) else None
+
+    # -- study-specific baselines ---------------------------------------------------------
+    def extra_methods(self) -> dict[str, str]:
+        """The study's own baselines beside the standard methods: name → label (e.g. a
+        polynomial closure fitted to the true subgrid tendency, a diurnal climatology).
+        Each is run by `extra_method` for every seed and evaluated like the others."""
+        return {}
+
+    def extra_method(self, name: str, problem: Problem, seed: int, progress: bool):
+        """Build (and train) the baseline ``name`` for ``seed``. Return a model on the
+        training domain — a stepper ``(u, t) -> u``, a `Hybrid` or a `NeuralStepper`,
+        moved to the other sets like the standard methods — or the forecasts directly,
+        ``{set name: (batch, 1 + corr_steps, *state)}`` from each set's start."""
+        raise NotImplementedError(f"the {self.name} study has no baseline {name!r}.")
+
+    def model_metrics(self, name: str, eval_set: EvalSet, model, seed: int) -> dict:
+        """Metrics of a trained model on one set beyond its forecasts (e.g. the climate
+        of long free runs), keyed without the set prefix. Called for the standard methods
+        and the study's baselines (not the ablations) whenever a model exists."""
+        del name, eval_set, model, seed
+        return {}
+
+    def study_results(self, problem: Problem, results: dict) -> dict:
+        """Extra top-level blocks of ``results.json`` (e.g. a fitted closure's
+        coefficients); must not reuse the engine's keys."""
+        del problem, results
+        return {}
 
     # -- study-specific output -----------------------------------------------------------
     def extra_metrics(self, eval_set: EvalSet, pred: np.ndarray, truth: np.ndarray) -> dict:

@@ -17,28 +17,43 @@ def _advection(x: Array) -> Array:
 
 
 class Lorenz96(AbstractModel):
-    r"""One-scale Lorenz-96: ``dx_k/dt = (x_{k+1} - x_{k-2}) x_{k-1} - x_k + F``.
+    r"""One-scale Lorenz-96,
 
-    ``x_k = F`` for all ``k`` is a fixed point. Reference: Lorenz (1996).
+    $$\dot x_k = α\,(x_{k+1} - x_{k-2})\,x_{k-1} - γ\,x_k + F,$$
 
-    **Arguments:** `k` variables (>= 4); forcing `forcing` (``F``, default 8).
+    with periodic indices. ``α = γ = 1`` is Lorenz (1996)'s model, and ``x_k = F`` is then a
+    fixed point. As the slow equations of a coarse climate model, ``α`` (advection
+    strength) and ``γ`` (linear damping) are effective coefficients that a closure study
+    learns, while ``F`` is the known external forcing (pass ``Param(F, fixed=True)``).
+
+    **Arguments:** `k` variables (>= 4); forcing `forcing` (``F``, default 8; `Param` name
+    ``"F"``); `advection` (``α``, name ``"advection"``) and `damping` (``γ``, positive,
+    name ``"damping"``): a number or a `Param` is learned as θ_s like `forcing`; the default
+    ``None`` is ``1`` held fixed (Lorenz's model, unchanged by training).
     """
 
     k: int = eqx.field(static=True)
     forcing: Param
+    advection: Param
+    damping: Param
 
-    def __init__(self, k: int = 40, forcing=8.0):
+    def __init__(self, k: int = 40, forcing=8.0, advection=None, damping=None):
         if k < 4:
             raise ValueError(f"Lorenz96 needs k >= 4 variables, got {k}.")
         self.k = int(k)
         self.forcing = _param(forcing, name="F")
+        fixed = {"fixed": True}
+        self.advection = _param(1.0 if advection is None else advection, name="advection",
+                                **(fixed if advection is None else {}))  # fmt: skip
+        self.damping = _param(1.0 if damping is None else damping, Positive(), name="damping",
+                              **(fixed if damping is None else {}))  # fmt: skip
 
     @property
     def state_shape(self):
         return (self.k,)
 
     def rhs(self, u: Float[Array, " k"]) -> Float[Array, " k"]:
-        return _advection(u) - u + self.forcing.value
+        return self.advection.value * _advection(u) - self.damping.value * u + self.forcing.value
 
     def initial_condition(self, key: PRNGKeyArray) -> Array:
         return self.forcing.value + 0.01 * jax.random.normal(key, (self.k,))

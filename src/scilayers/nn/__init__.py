@@ -10,5 +10,6 @@ from ._conv import PeriodicCNN2d as PeriodicCNN2d
 from ._conv import PeriodicConv1d as PeriodicConv1d
 from ._conv import PeriodicConv2d as PeriodicConv2d
 from ._mlp import MLP as MLP
+from ._polynomial import Polynomial as Polynomial
 from ._spectral import FNO1d as FNO1d
 from ._spectral import SpectralConv1d as SpectralConv1d

@@ -15,7 +15,7 @@ from ._figures import (
     error_growth,
     theta_trajectories,
 )
-from ._format import and_list, fmt_number
+from ._format import and_list, fmt_number, markdown_table
 from ._load import ARRAYS_FILE, RESULTS_FILE, Results, StudyFigure, read_arrays, read_results
 from ._sections import (
     convergence_section,
@@ -283,6 +283,12 @@ def render(
         out += [_figure_block(figures["ablations"]), ""]
     else:
         out += ["No ablations were run.", ""]
+
+    if results.tables:
+        out += ["## Study tables", ""]
+        for t in results.tables:
+            out += [f"### {t.title}", "", markdown_table(list(t.columns), t.rows), ""]
+            out += [t.caption, ""] if t.caption else []
 
     if study_figures:
         out += ["## Study figures", ""]

@@ -29,6 +29,7 @@ KNOWN_TOP_LEVEL = (
     *("config", "environment", "main_horizon_steps", "dt", "ablations", "targets", "uq"),
     *("notes", "eval_sets", "field_kind", "truth", "identifiability", "data_efficiency"),
     "figures",
+    "tables",
 )
 #: Evaluation sets of a run that does not name its own (the schema before ``eval_sets``).
 DEFAULT_EVAL_SETS = ("id", "ood")
@@ -157,6 +158,16 @@ class StudyFigure:
 
 
 @dataclass(frozen=True)
+class StudyTable:
+    """A table a study composed itself (``results["tables"]``): cells are shown as given."""
+
+    title: str
+    columns: tuple[str, ...]
+    rows: tuple[tuple[str, ...], ...]
+    caption: str = ""
+
+
+@dataclass(frozen=True)
 class Target:
     name: str
     value: str
@@ -187,6 +198,7 @@ class Results:
     identifiability: Identifiability | None = None
     data_efficiency: DataEfficiency | None = None
     figures: tuple[StudyFigure, ...] = ()
+    tables: tuple[StudyTable, ...] = ()
 
     @property
     def sets(self) -> tuple[str, ...]:
@@ -350,7 +362,8 @@ def _theta(value: Any, where: str) -> dict[str, ThetaEntry]:
     for param, raw in _mapping(value, where).items():
         here = f"{where}.{param}"
         entry = _mapping(raw, here)
-        true = to_float(_require(entry, "true", here), f"{here}.true")
+        # no "true": an effective θ_s without a known true value (e.g. a closure study)
+        true = to_float(entry["true"], f"{here}.true") if "true" in entry else math.nan
         learned_raw = _require(entry, "learned", here)
         if _is_number(learned_raw):
             learned_raw = [learned_raw]
@@ -358,7 +371,7 @@ def _theta(value: Any, where: str) -> dict[str, ThetaEntry]:
         initial = to_float(entry.get("initial"), f"{here}.initial")
         if entry.get("rel_error") is not None:
             rel = to_stat(entry["rel_error"], f"{here}.rel_error")
-        elif learned and true != 0.0:
+        elif learned and math.isfinite(true) and true != 0.0:
             rel = stat_of_values([abs(v - true) / abs(true) for v in learned])
         else:
             rel = Stat(math.nan, math.nan)
@@ -601,6 +614,24 @@ def _study_figures(value: Any) -> tuple[StudyFigure, ...]:
     return tuple(out)
 
 
+def _study_tables(value: Any) -> tuple[StudyTable, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list | tuple):
+        raise ValueError(f"{RESULTS_FILE}: tables should be a list, got {type(value).__name__}.")
+    out = []
+    for i, raw in enumerate(value):
+        here = f"tables[{i}]"
+        item = _mapping(raw, here)
+        columns = tuple(str(c) for c in _require(item, "columns", here))
+        rows = tuple(tuple(str(c) for c in row) for row in _require(item, "rows", here))
+        if any(len(r) != len(columns) for r in rows):
+            raise ValueError(f"{RESULTS_FILE}: {here}: every row needs {len(columns)} cells.")
+        out.append(StudyTable(str(item.get("title") or f"Table {i + 1}"), columns, rows,
+                              str(item.get("caption") or "")))  # fmt: skip
+    return tuple(out)
+
+
 def _eval_sets(value: Any) -> tuple[str, ...]:
     sets = _str_list(value, "eval_sets")
     if len(set(sets)) != len(sets) or any(not s for s in sets):
@@ -661,6 +692,7 @@ def parse_results(raw: Any) -> Results:
         identifiability=_identifiability(top.get("identifiability")),
         data_efficiency=_data_efficiency(top.get("data_efficiency"), eval_sets, references),
         figures=_study_figures(top.get("figures")),
+        tables=_study_tables(top.get("tables")),
     )
 
 
