@@ -26,7 +26,7 @@ DOCS = ROOT / "docs"
 
 # The pages whose examples run, in the default suite (each well under a minute on two
 # cores); a page too slow for it would be listed with `pytest.mark.slow`.
-EXAMPLE_PAGES = ["index.md", "byo-ode.md", "byo-pde.md", "../README.md"]
+EXAMPLE_PAGES = ["index.md", "byo-ode.md", "byo-pde.md", "online.md", "../README.md"]
 
 SKIP_MARKER = "<!-- skip -->"
 _FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>```+|~~~+)\s*(?P<info>[\w+-]*)")

@@ -1,5 +1,6 @@
 """Training: `fit` with joint / staged / fixed strategies, checkpoints and resume; the
-pieces of one training step for callers that drive it themselves (benchmarks, ensembles)."""
+pieces of one training step for callers that drive it themselves (benchmarks, ensembles);
+`online_fit`, which updates a model on a sliding window as observations arrive."""
 
 from ._config import STRATEGIES as STRATEGIES
 from ._config import TrainConfig as TrainConfig
@@ -25,3 +26,7 @@ from ._fit import split_trainable as split_trainable
 from ._fit import stages_for as stages_for
 from ._hessian import ThetaHessian as ThetaHessian
 from ._hessian import theta_hessian as theta_hessian
+from ._online import ONLINE_STRATEGIES as ONLINE_STRATEGIES
+from ._online import OnlineConfig as OnlineConfig
+from ._online import OnlineResult as OnlineResult
+from ._online import online_fit as online_fit

@@ -233,7 +233,9 @@ def make_loss(config: TrainConfig, stage: Stage):
     return loss_fn
 
 
-def make_train_step(config: TrainConfig, stage: Stage, opt_theta, opt_net, horizon: int):
+def make_train_step(
+    config: TrainConfig, stage: Stage, opt_theta, opt_net, horizon: int, loss_fn=None
+):
     """A pure step ``(trainable, opt_state, static, data, key, hyper) -> (trainable,
     opt_state, loss, parts, ok)``. ``trainable`` and ``opt_state`` are `Trainable` pairs
     (`split_trainable`, `init_opt_state`); ``hyper`` holds ``lr_scale`` and the loss weights
@@ -241,8 +243,10 @@ def make_train_step(config: TrainConfig, stage: Stage, opt_theta, opt_net, horiz
     times); windows start at their times (`sample_timed_windows`). A non-finite loss or
     gradient rejects the step (the returned state is the input state) and ``ok`` is false.
     Pure in all arguments, so an ensemble can ``vmap`` it over member keys and a batch can
-    be sharded."""
-    loss_fn = make_loss(config, stage)
+    be sharded. ``loss_fn`` (default `make_loss` of ``config`` and ``stage``) is called as
+    ``loss_fn(model, windows, hyper, t0) -> (loss, parts)``, so any extra inputs it needs
+    travel (traced) in ``hyper``."""
+    loss_fn = make_loss(config, stage) if loss_fn is None else loss_fn
 
     def step(trainable, opt_state, static, data, key, hyper):
         dt = _step_dt(combine_trainable(trainable, static))
