@@ -1,5 +1,6 @@
 """Scientific models: equations only (right-hand sides, linear/nonlinear splits, residuals)."""
 
+from ._advection_diffusion import LatLonAdvectionDiffusion as LatLonAdvectionDiffusion
 from ._base import AbstractForcedModel as AbstractForcedModel
 from ._base import AbstractForcedSpectralModel as AbstractForcedSpectralModel
 from ._base import AbstractModel as AbstractModel
