@@ -13,7 +13,7 @@ from scilayers.experiments.lorenz96 import PRESETS, Lorenz96Study
 from scilayers.training import TrainConfig
 
 TINY = PRESETS["quick"].replace(
-    preset="tiny", j=4, truth_substeps=10, spinup=1.0, trajectories=20, ood_trajectories=4,
+    preset="tiny", j=4, dt=0.02, truth_substeps=10, climate_every=5, spinup=1.0, trajectories=20, ood_trajectories=4,
     corr_steps=12, main_horizon=6, horizons=(3, 6, 12), field_steps=6, data_sizes=(4,),
     climate_members=4, climate_time=2.0, climate_transient=0.2, twin_time=1.0,
     benettin_steps=20, emulator_steps=4, checkpoint_every=0,
@@ -130,3 +130,18 @@ def test_cubic_baseline_is_the_fitted_polynomial(tiny):
     model = study.extra_method("cubic_closure", study._problem, 0, False)
     np.testing.assert_allclose(model.net.coeffs, res["subgrid"]["cubic_coefficients"])
     assert sl.params.values(model.step)["damping"] == pytest.approx(1.0)
+
+
+def test_transfer_keeps_the_sets_forcing_and_carries_learned_theta():
+    """Moving a trained coarse model to F = 16 keeps F = 16 (a known input, fixed) and
+    carries the learned damping (a regression: the trained F used to overwrite it)."""
+    from scilayers.experiments._engine import transfer
+    from scilayers.params import set_values, values
+
+    study = Lorenz96Study(TINY)
+    trained = set_values(study.physics(), damping=1.9)
+    ood = sl.experiments.EvalSet("ood_f16", np.zeros((1, 3, TINY.k)), 0, {"forcing": 16.0})
+    moved = values(transfer(study, trained, ood))
+    assert float(moved["F"]) == 16.0 and float(moved["damping"]) == pytest.approx(1.9)
+    hybrid = sl.Hybrid(trained, study.closure(jax.random.key(0)), coupling="closure")
+    assert float(values(transfer(study, hybrid, ood))["F"]) == 16.0

@@ -151,7 +151,9 @@ def _train(study: AbstractStudy, problem: Problem, name: str, opts: dict, seed: 
 
 def transfer(study: AbstractStudy, model, eval_set: EvalSet):
     """``model`` (trained on the training domain) moved onto ``eval_set``'s domain: the
-    study's physics there, with the learned θ_s and the network weights carried over."""
+    study's physics there, with the learned θ_s (the Params that are free there) and the
+    network weights carried over; fixed Params (a known forcing, a domain size) keep the
+    set's values."""
     if eval_set.name == "id":
         return model
     if isinstance(model, NeuralStepper):
@@ -159,8 +161,8 @@ def transfer(study: AbstractStudy, model, eval_set: EvalSet):
     if isinstance(model, Hybrid):
         return eqx.tree_at(lambda h: h.step, model, transfer(study, model.step, eval_set))
     fresh = study.physics(eval_set)
-    names = named(fresh)
-    learned = {k: v for k, v in values(model).items() if k in names}
+    free = {k for k, p in named(fresh).items() if not p.fixed}  # fixed: the set's own (F, L)
+    learned = {k: v for k, v in values(model).items() if k in free}
     return set_values(fresh, **learned)
 
 

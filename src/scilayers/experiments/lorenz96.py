@@ -91,28 +91,31 @@ class Lorenz96Config(StudyConfig):
 
 
 _QUICK_TRAIN = TrainConfig(
-    steps=1500,
+    steps=600,
     batch_size=32,
-    horizon=10,
-    horizon_schedule=(5, 10, 20),
+    horizon=8,
+    horizon_schedule=(4, 8),
     lr_theta=2e-2,
-    lr_net=2e-3,
-    val_every=100,
+    lr_net=3e-3,
+    val_every=50,
 )
 PRESETS = {
     "quick": Lorenz96Config(
-        dt=0.02,
+        dt=0.05,
+        truth_substeps=50,
         context_steps=1,
-        corr_steps=100,
-        main_horizon=25,
-        horizons=(5, 10, 25, 50, 100),
-        field_steps=100,
+        corr_steps=40,
+        main_horizon=10,
+        horizons=(2, 5, 10, 20, 40),
+        field_steps=40,
         lambda_sweep=(0.0,),
-        data_sizes=(8, 32),
+        data_sizes=(8,),
         data_seeds=1,
         ablation_seeds=1,
         pinn=None,
-        emulator_steps=3000,
+        emulator_steps=2000,
+        climate_every=2,
+        benettin_steps=200,
         train=_QUICK_TRAIN,
     ),
 }
@@ -125,7 +128,7 @@ PRESETS["full"] = PRESETS["quick"].replace(
     data_seeds=None,
     ablation_seeds=None,
     emulator_steps=8000,
-    train=_QUICK_TRAIN.replace(steps=4000, horizon_schedule=(5, 10, 20, 40)),
+    train=_QUICK_TRAIN.replace(steps=3000, horizon_schedule=(4, 8, 16)),
 )
 
 
