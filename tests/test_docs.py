@@ -153,7 +153,7 @@ def test_site_builds_strict(tmp_path):
 
 
 API_MODULES = ["params", "models", "solvers", "hybrid", "training", "baselines", "metrics",
-               "experiments"]  # fmt: skip
+               "uq", "experiments"]  # fmt: skip
 
 
 def _public_names(module) -> set[str]:

@@ -22,9 +22,10 @@ from . import hybrid as hybrid  # noqa: E402
 from . import losses as losses  # noqa: E402
 from . import metrics as metrics  # noqa: E402
 from . import training as training  # noqa: E402
+from . import uq as uq  # noqa: E402
 from .hybrid import Hybrid as Hybrid  # noqa: E402
 from .hybrid import identifiability as identifiability  # noqa: E402
-from .training import TrainConfig as TrainConfig  # noqa: E402
 from .training import OnlineConfig as OnlineConfig  # noqa: E402
+from .training import TrainConfig as TrainConfig  # noqa: E402
 from .training import fit as fit  # noqa: E402
 from .training import online_fit as online_fit  # noqa: E402

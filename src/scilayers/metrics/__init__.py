@@ -1,5 +1,23 @@
-"""Metrics: rollout errors, correlation time, physics residual, θ_s error, summaries."""
+"""Metrics: rollout errors, correlation time, physics residual, θ_s error, summaries;
+calibration of probabilistic predictions (coverage, width, CRPS, NLL, spread–skill)."""
 
+from ._calibration import CALIBRATION_KEYS as CALIBRATION_KEYS
+from ._calibration import EnsemblePrediction as EnsemblePrediction
+from ._calibration import GaussianPrediction as GaussianPrediction
+from ._calibration import as_gaussian as as_gaussian
+from ._calibration import calibration as calibration
+from ._calibration import crps as crps
+from ._calibration import crps_ensemble as crps_ensemble
+from ._calibration import crps_gaussian as crps_gaussian
+from ._calibration import gaussian_nll as gaussian_nll
+from ._calibration import interval as interval
+from ._calibration import moments as moments
+from ._calibration import mpiw as mpiw
+from ._calibration import nll as nll
+from ._calibration import picp as picp
+from ._calibration import pit as pit
+from ._calibration import reliability as reliability
+from ._calibration import spread_skill as spread_skill
 from ._lyapunov import lyapunov_exponent as lyapunov_exponent
 from ._metrics import correlation as correlation
 from ._metrics import correlation_time as correlation_time
