@@ -249,3 +249,41 @@ def test_losses_do_not_import_the_composition_layer():
                 assert "hybrid" not in (node.module or ""), f"{path.name} imports {node.module}"
             elif isinstance(node, ast.Import):
                 assert not any("hybrid" in a.name for a in node.names), path.name
+
+
+def test_data_orthogonal_projection_is_orthogonal_on_the_reference_states(key):
+    """`DataOrthogonal`: over the reference states the projected closure has no component
+    along any θ_s sensitivity (a change of θ_s cannot mimic it), a closure that is already
+    orthogonal there is unchanged, a rollout's prepared coefficients give the same step,
+    and bad input is refused."""
+    import equinox as eqx
+
+    kr, kn = jax.random.split(key)
+    model = sl.models.Lorenz96(8, forcing=sl.Param(20.0, fixed=True), advection=1.0,
+                               damping=1.0)  # fmt: skip
+    ref = 3.0 + 5.0 * jax.random.normal(kr, (32, 8))
+    proj = sl.hybrid.DataOrthogonal(model, ref)
+    jac = jax.vmap(proj._jac)(ref)  # (R, 8, 2): [advection term, -u]
+    np.testing.assert_allclose(jac[..., 1], -ref, rtol=1e-12)
+    net = sl.nn.PeriodicCNN1d(width=8, depth=1, kernel_size=3, key=kn, final_scale=1.0)
+    g = jax.vmap(lambda u: proj(net, u))(ref)
+    inner = jnp.einsum("rs,rsi->i", g, jac) / len(ref)
+    scale = jnp.sqrt(jnp.mean(g**2) * jnp.mean(jac**2, axis=(0, 1)))
+    assert float(jnp.max(jnp.abs(inner) / scale)) < 1e-6
+    # already orthogonal: projecting again changes nothing
+    again = jax.vmap(lambda u: proj(lambda v: proj(net, v), u))(ref)
+    np.testing.assert_allclose(again, g, atol=1e-8 * float(jnp.abs(g).max()))
+    # a linear damping closure is removed entirely (θ_s would have to say it)
+    lin = jax.vmap(lambda u: proj(lambda v: -0.7 * v, u))(ref)
+    assert float(jnp.abs(lin).max()) < 1e-6
+    hybrid = sl.Hybrid(sl.solvers.Diffrax(model, 0.05), net, coupling="closure", projection=proj)
+    np.testing.assert_allclose(hybrid.prepare()(ref[0]), hybrid(ref[0]), rtol=1e-12)
+    assert sl.params.unlearned(hybrid) == []
+    grads = eqx.filter_grad(lambda h: jnp.sum(sl.rollout(h, ref[0], 3)[-1] ** 2))(hybrid)
+    assert float(jnp.abs(grads.net.layers[0].weight).sum()) > 0
+    with pytest.raises(ValueError, match="shape"):
+        sl.hybrid.DataOrthogonal(model, ref[:, :4])
+    with pytest.raises(ValueError, match="NaN"):
+        sl.hybrid.DataOrthogonal(model, ref.at[0, 0].set(jnp.nan))
+    with pytest.raises(ValueError, match="no free Param"):
+        sl.hybrid.DataOrthogonal(sl.models.Lorenz96(8, forcing=sl.Param(8.0, fixed=True)), ref)

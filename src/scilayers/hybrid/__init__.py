@@ -8,5 +8,6 @@ from ._hybrid import NeuralStepper as NeuralStepper
 from ._identifiability import Identifiability as Identifiability
 from ._identifiability import identifiability as identifiability
 from ._projections import AbstractProjection as AbstractProjection
+from ._projections import DataOrthogonal as DataOrthogonal
 from ._projections import OddSignReflection as OddSignReflection
 from ._sensitivity import orthogonalize as orthogonalize

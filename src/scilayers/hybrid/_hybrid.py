@@ -512,17 +512,23 @@ class Hybrid(AbstractStepper):
                 )
 
     def prepare(self) -> Hybrid:
-        """The hybrid over a prepared stepper (coefficients computed once per rollout).
+        """The hybrid over a prepared stepper (coefficients computed once per rollout), and
+        a prepared projection where it has state-independent coefficients.
 
         Only for ``closure`` and ``residual``; with ``parameter`` θ_s changes every step,
         and with ``residual`` + ``identifiable="orthogonal"`` the one-step sensitivities
         need the coefficients as functions of θ_s (the step is then left unprepared)."""
+        out = self
+        pprep = getattr(self.projection, "prepare", None)
+        if pprep is not None and self.coupling != "parameter" and self._term().plain:
+            # a projection whose coefficients depend on the network only (DataOrthogonal)
+            out = eqx.tree_at(lambda h: h.projection, out, pprep(self.net))
         prep = getattr(self.step, "prepare", None)
         if prep is None or self.coupling == "parameter":
-            return self
+            return out
         if self.coupling == "residual" and self.identifiable is not None:
-            return self
-        return eqx.tree_at(lambda h: h.step, self, prep())
+            return out
+        return eqx.tree_at(lambda h: h.step, out, prep())
 
     def _term(self) -> _Term:
         return _Term(self.net, self.projection, self.scale, self.inputs, self.outputs)

@@ -6,7 +6,9 @@ import abc
 from collections.abc import Callable
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array
 
 from ..models import AbstractModel, AbstractSpectralModel
@@ -70,4 +72,113 @@ class OddSignReflection(AbstractProjection):
                 f"{type(model).__name__} has states of shape {shape}, where the reflection "
                 f"x -> -x is not defined. Use identifiable='orthogonal' instead, or write an "
                 f"AbstractProjection for these states."
+            )
+
+
+class DataOrthogonal(AbstractProjection):
+    r"""Keep a closure orthogonal to the θ_s sensitivities *on average over the data*.
+
+    ``identifiable="orthogonal"`` removes, at every state, the closure's component along
+    the sensitivities ``J_i(u) = ∂f(u; θ_s)/∂θ_i``. When the state is small (an 8-variable
+    Lorenz-96, a pendulum) that removes much of what a closure must say — a constant
+    forcing has a component along ``-u`` at every state. This projection imposes the
+    weaker, function-space condition over a reference set of states ``r_1 … r_R`` (e.g.
+    training states):
+
+    $$g(u) = N(u) - J(u)\,c,\qquad c = G^{-1}\,\tfrac1R\sum_r J(r)^\top N(r),\qquad
+    G = \tfrac1R\sum_r J(r)^\top J(r),$$
+
+    so that ``Σ_r ⟨g(r), J_i(r)⟩ = 0`` for every ``i``: over the data, the closure has no
+    least-squares component that a change of θ_s could make, and the learned θ_s are the
+    best-fitting values of the physics' own terms (the effective θ_s a calibration would
+    find if the closure's other content were known). ``J`` is taken at the θ_s of
+    ``model`` when the projection is built (exact for models linear in θ_s, such as
+    Lorenz-96, Kuramoto–Sivashinsky or Burgers; an approximation otherwise). Each call
+    evaluates the network on the ``R`` reference states, so keep ``R`` modest (64); a
+    rollout of a `Hybrid` computes ``c`` once per trajectory (`prepare`), not per stage.
+
+    **Arguments:**
+
+    - `model`: the physics model whose free scalar `Param`s are θ_s (its Params are stored
+      fixed: the projection trains nothing).
+    - `reference`: reference states, shape ``(R, *state)``.
+    - `time`: the time at which the sensitivities are evaluated (default 0).
+    """
+
+    model: AbstractModel
+    names: tuple[str, ...] = eqx.field(static=True)
+    reference: Array
+    jac_ref: Array
+    gram: Array
+    time: float = eqx.field(static=True, default=0.0)
+    coeffs: Array  # shape (0,) until prepared
+    odd_network = False  # the engine builds an unrestricted network for it
+    # `coeffs` is empty except inside a rollout (`prepare`), where it is a function of the
+    # network's weights; declared a network field so it is not reported as a stray array
+    network_fields = ("coeffs",)
+
+    def __init__(self, model: AbstractModel, reference, time: float = 0.0):
+        from ..params import Param, fix, named
+
+        names = tuple(k for k, p in named(model).items() if not p.fixed)
+        if not names:
+            raise ValueError("DataOrthogonal: the model has no free Param (no θ_s to protect).")
+        bad = [k for k in names if jnp.size(named(model)[k].value) != 1]
+        if bad:
+            raise ValueError(f"DataOrthogonal supports scalar θ_s only; {bad} are arrays.")
+        ref = jnp.asarray(reference)
+        shape = tuple(model.state_shape)
+        if ref.ndim != len(shape) + 1 or tuple(ref.shape[1:]) != shape:
+            raise ValueError(f"DataOrthogonal: reference states must have shape (R, *{shape}), "
+                             f"got {ref.shape}.")  # fmt: skip
+        if not bool(jnp.all(jnp.isfinite(ref))):
+            raise ValueError("DataOrthogonal: the reference states contain NaN or inf.")
+        self.model, self.names, self.time = fix(model), names, float(time)
+        self.coeffs = jnp.zeros((0,), ref.dtype)
+        jr = jax.vmap(self._jac)(ref)
+        p = len(names)
+        flat = jr.reshape(ref.shape[0], -1, p)
+        self.reference = Param(ref, fixed=True, name="reference")
+        self.jac_ref = Param(jr, fixed=True, name="jac_ref")
+        self.gram = Param(jnp.einsum("rsi,rsj->ij", flat, flat) / ref.shape[0], fixed=True,
+                          name="gram")  # fmt: skip
+
+    def _jac(self, u: Array) -> Array:
+        """``J(u)``, shape ``(*state, p)``, at the stored θ_s (the stored Params are fixed,
+        so they are freed for the derivative and the θ_s columns picked out)."""
+        from ..params import fix, named
+        from ._sensitivity import sensitivity
+
+        free = fix(self.model, False)
+        jac = sensitivity(free, lambda m: m.vector_field(self.time, u))
+        sizes = [int(jnp.size(q.value)) for q in named(free).values()]
+        starts = np.cumsum([0, *sizes])[:-1]
+        cols = [int(starts[i]) for i, k in enumerate(named(free)) if k in self.names]
+        return jac[..., np.asarray(cols)]
+
+    def coefficients(self, net) -> Array:
+        """``c = G⁻¹ (1/R) Σ_r J(r)ᵀ N(r)``: what the projection removes, per θ_i."""
+        ref, jr = self.reference.value, self.jac_ref.value
+        nr = jax.vmap(net)(ref)
+        p = len(self.names)
+        b = jnp.einsum("rs,rsi->i", nr.reshape(ref.shape[0], -1),
+                       jr.reshape(ref.shape[0], -1, p)) / ref.shape[0]  # fmt: skip
+        gram = self.gram.value
+        eps = 1e-10 * jnp.trace(gram) / p
+        return jnp.linalg.solve(gram + eps * jnp.eye(p, dtype=gram.dtype), b)
+
+    def prepare(self, net) -> DataOrthogonal:
+        """This projection with ``c`` computed once for ``net`` (what a rollout does before
+        its steps: ``c`` depends on the network's weights only, not on the state)."""
+        return eqx.tree_at(lambda p: p.coeffs, self, self.coefficients(net))
+
+    def __call__(self, net, u):
+        c = self.coefficients(net) if self.coeffs.size == 0 else self.coeffs
+        return net(u) - self._jac(u) @ c
+
+    def check(self, model):
+        if tuple(model.state_shape) != tuple(self.model.state_shape):
+            raise ValueError(
+                f"DataOrthogonal was built for states of shape {self.model.state_shape}, "
+                f"the model has {model.state_shape}."
             )
