@@ -1,5 +1,10 @@
 """Synthetic truth (batched, seeded, cached on disk), loaders and splits."""
 
+from ._arterial import ARTERIAL_CASES as ARTERIAL_CASES
+from ._arterial import arterial_case_path as arterial_case_path
+from ._arterial import load_arterial_case as load_arterial_case
+from ._arterial import run_arterial_case as run_arterial_case
+from ._arterial import write_arterial_case as write_arterial_case
 from ._era5 import hours_since as hours_since
 from ._era5 import load_era5_t2m as load_era5_t2m
 from ._era5 import load_reference_winds as load_reference_winds

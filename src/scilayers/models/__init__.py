@@ -1,6 +1,13 @@
 """Scientific models: equations only (right-hand sides, linear/nonlinear splits, residuals)."""
 
 from ._advection_diffusion import LatLonAdvectionDiffusion as LatLonAdvectionDiffusion
+from ._arterial import MMHG as MMHG
+from ._arterial import ArterialCase as ArterialCase
+from ._arterial import ArterialNetwork as ArterialNetwork
+from ._arterial import OutletSpec as OutletSpec
+from ._arterial import VesselSpec as VesselSpec
+from ._arterial import Windkessel as Windkessel
+from ._arterial import wall_stiffness as wall_stiffness
 from ._base import AbstractForcedModel as AbstractForcedModel
 from ._base import AbstractForcedSpectralModel as AbstractForcedSpectralModel
 from ._base import AbstractModel as AbstractModel

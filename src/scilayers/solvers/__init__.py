@@ -1,5 +1,7 @@
 """Differentiable time steppers and `rollout`."""
 
+from ._arterial import ArterialMUSCL as ArterialMUSCL
+from ._arterial import arterial_stable_dt as arterial_stable_dt
 from ._base import AbstractStepper as AbstractStepper
 from ._diffrax import Diffrax as Diffrax
 from ._diffrax import direct_adjoint as direct_adjoint
