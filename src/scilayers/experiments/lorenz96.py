@@ -103,6 +103,7 @@ PRESETS = {
     "quick": Lorenz96Config(
         dt=0.05,
         truth_substeps=50,
+        identifiable="data-orthogonal",
         context_steps=1,
         corr_steps=40,
         main_horizon=10,
