@@ -75,6 +75,29 @@ class OddSignReflection(AbstractProjection):
             )
 
 
+#: Prefix of the names of the (fixed) Params a `DataOrthogonal` stores, so that they never
+#: shadow the θ_s of the model it protects (`sl.params.named` of a `Hybrid`).
+PREFIX = "projection:"
+
+
+def _prefixed(model, prefix: str):
+    """``model`` with every `Param` renamed ``prefix + name`` (raw values kept)."""
+    import jax.tree_util as jtu
+
+    from ..params import Param, is_param
+
+    def rename(path, p):
+        if not is_param(p):
+            return p
+        key = p.name or str(getattr(path[-1], "name", path[-1]))
+        centre = p.constraint.forward(jnp.zeros_like(p.raw))
+        q = Param(centre, p.constraint, units=p.units, prior=p.prior, fixed=p.fixed,
+                  name=prefix + key)  # fmt: skip
+        return eqx.tree_at(lambda x: x.raw, q, p.raw)
+
+    return jtu.tree_map_with_path(rename, model, is_leaf=is_param)
+
+
 class DataOrthogonal(AbstractProjection):
     r"""Keep a closure orthogonal to the θ_s sensitivities *on average over the data*.
 
@@ -133,15 +156,16 @@ class DataOrthogonal(AbstractProjection):
                              f"got {ref.shape}.")  # fmt: skip
         if not bool(jnp.all(jnp.isfinite(ref))):
             raise ValueError("DataOrthogonal: the reference states contain NaN or inf.")
-        self.model, self.names, self.time = fix(model), names, float(time)
+        self.model = _prefixed(fix(model), PREFIX)
+        self.names, self.time = tuple(PREFIX + k for k in names), float(time)
         self.coeffs = jnp.zeros((0,), ref.dtype)
         jr = jax.vmap(self._jac)(ref)
         p = len(names)
         flat = jr.reshape(ref.shape[0], -1, p)
-        self.reference = Param(ref, fixed=True, name="reference")
-        self.jac_ref = Param(jr, fixed=True, name="jac_ref")
-        self.gram = Param(jnp.einsum("rsi,rsj->ij", flat, flat) / ref.shape[0], fixed=True,
-                          name="gram")  # fmt: skip
+        self.reference = Param(ref, fixed=True, name=PREFIX + "reference")
+        self.jac_ref = Param(jr, fixed=True, name=PREFIX + "jac_ref")
+        gram = jnp.einsum("rsi,rsj->ij", flat, flat) / ref.shape[0]
+        self.gram = Param(gram, fixed=True, name=PREFIX + "gram")
 
     def _jac(self, u: Array) -> Array:
         """``J(u)``, shape ``(*state, p)``, at the stored θ_s (the stored Params are fixed,
