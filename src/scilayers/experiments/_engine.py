@@ -38,6 +38,7 @@ from ..hybrid import Hybrid, NeuralStepper
 from ..hybrid import identifiability as identifiability_of
 from ..params import named, set_values, values
 from ..solvers import rollout
+from ..solvers import takes_time
 from ..training import fit
 from ._common import RunCache, environment, write_json
 from ._study import AbstractStudy, EvalSet, Problem
@@ -141,6 +142,7 @@ def _train(study: AbstractStudy, problem: Problem, name: str, opts: dict, seed: 
     if kind == "sequential":
         return sequential_hybrid(study.physics(), study.closure(key), train, tc, **kw)
     if kind == "emulator":  # cheap per step: trained longer, to its own convergence
+        kw.pop("t0", None), kw.pop("val_t0", None)  # a NeuralStepper takes no time
         shape = problem.eval_sets["id"].state_shape
         tc = tc.replace(steps=cfg.emulator_steps or tc.steps)
         return neural_emulator(study.emulator(key), shape, train, tc, **kw)
@@ -177,7 +179,9 @@ def forecast(model, es: EvalSet, steps: int, dt: float) -> np.ndarray:
     """Rollouts of ``model`` (already on ``es``'s domain) from each trajectory's forecast
     start, at the start's time when the set has times: ``(batch, 1 + steps, *state)``."""
     u0 = jnp.asarray(es.data[:, es.start])
-    t0 = None if es.t0 is None else jnp.asarray(np.asarray(es.t0) + es.start * dt)
+    t0 = None if es.t0 is None or not takes_time(model) else jnp.asarray(
+        np.asarray(es.t0) + es.start * dt
+    )  # a NeuralStepper takes no time
     return np.asarray(_rollouts(model, u0, steps, t0))
 
 
@@ -340,7 +344,7 @@ def _theta_block(study: AbstractStudy, per_seed: list[dict], poorly: set[str]) -
         learned = [m["theta"][k] for m in per_seed if k in m.get("theta", {})]
         if not learned:
             continue
-        entry = {"initial": float(p.value), "learned": learned}
+        entry = {"initial": float(np.mean(np.asarray(p.value))), "learned": learned}
         if k in true:
             t = float(np.mean(np.asarray(true[k])))
             entry["true"] = t

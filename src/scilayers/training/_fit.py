@@ -433,7 +433,7 @@ def _theta_row(model) -> dict[str, float]:
     out = {}
     for k, v in values(model).items():
         v = np.asarray(v)
-        out[k] = float(v) if v.size == 1 else float(v.mean())
+        out[k] = float(v.mean())  # a (1,)-shaped Param too (float() of it is an error)
     return out
 
 

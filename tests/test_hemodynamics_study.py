@@ -1,0 +1,172 @@
+"""The hemodynamics study: scaled arterial physics as an engine stepper, the closure
+coupling, virtual patients, the truth's extra physics, splits and waveform metrics; an
+end-to-end tiny run (slow)."""
+
+import json
+import os
+from pathlib import Path
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from scilayers.experiments import get_study, run_study
+from scilayers.experiments._engine import transfer
+from scilayers.experiments.hemodynamics import PRESETS, ArterialStep, HemodynamicsStudy
+from scilayers.hybrid import Hybrid
+from scilayers.params import set_values, values
+from scilayers.solvers import ArterialMUSCL
+from scilayers.training import TrainConfig
+
+TINY = PRESETS["quick"].replace(
+    preset="tiny", n_cells=8, refine=2, warmup_cycles=2, train_cycles=1, val_cycles=1,
+    test_cycles=2, samples_per_cycle=20, corr_steps=10, main_horizon=5, horizons=(2, 5),
+    field_steps=10, test_starts=2, width=8, depth=1, closure_variants=("orthogonal",),
+    lambda_sweep=(0.0,), data_sizes=(), ablation_seeds=1, emulator_steps=4,
+    train=TrainConfig(steps=4, batch_size=2, horizon=2, val_every=2),
+)  # fmt: skip
+
+
+def _data_dir() -> Path:
+    value = os.environ.get("SCILAYERS_DATA_DIR")
+    if not value or not (Path(value) / "hemodynamics").is_dir():
+        pytest.skip("no real data: SCILAYERS_DATA_DIR with hemodynamics/ is unset")
+    return Path(value)
+
+
+@pytest.fixture(scope="module")
+def study():
+    return HemodynamicsStudy(TINY, data_dir=_data_dir())
+
+
+@pytest.fixture(scope="module")
+def problem(study):
+    return study.problem(None, progress=False)
+
+
+def test_registered_and_dt_is_the_observation_interval(study):
+    assert get_study("hemodynamics") is HemodynamicsStudy
+    assert study.cfg.dt == pytest.approx(study.case().period / TINY.samples_per_cycle)
+    step = study.physics()
+    assert isinstance(step, ArterialStep) and step.dt == pytest.approx(study.cfg.dt)
+    assert set(values(step)) == {"E", "R1", "C", "R2"}
+
+
+def test_scaling_round_trips_and_step_is_the_muscl_steps(study):
+    step = study.physics()
+    flow = step.model
+    u = flow.network.initial_state("mean")
+    u = u.at[flow.network.n_cells + 3].add(1e-6)  # some flow
+    np.testing.assert_allclose(flow.to_physical(flow.from_physical(u)), u, rtol=1e-12)
+    s = flow.from_physical(u)
+
+    @eqx.filter_jit
+    def muscl(solver, v):
+        return jax.lax.fori_loop(0, step.substeps, lambda i, w: solver(w, 0.1 + i * solver.dt), v)
+
+    v = muscl(flow.solver, u)
+    np.testing.assert_allclose(eqx.filter_jit(step)(s, 0.1), flow.from_physical(v), rtol=1e-10,
+                               atol=1e-12)  # fmt: skip
+
+
+def test_closure_is_added_once_per_interval(study, key):
+    step = study.physics()
+    s = step.model.initial_condition()
+    net = study.closure(key)
+    hyb = Hybrid(step, net, coupling="closure")
+    phys = eqx.filter_jit(step)(s, 0.2)
+    np.testing.assert_allclose(eqx.filter_jit(hyb)(s, 0.2), phys + step.dt * net(s), rtol=1e-9,
+                               atol=1e-12)  # fmt: skip
+    # orthogonal: the term loses its component along the θ_s sensitivities of the rates
+    orth = Hybrid(step, net, coupling="closure", identifiable="orthogonal")
+    g = (eqx.filter_jit(orth)(s, 0.2) - phys) / step.dt
+    assert np.all(np.isfinite(g)) and 0 < np.linalg.norm(g) < np.linalg.norm(net(s))
+
+
+def test_patients_are_seeded_draws_around_the_benchmark(study):
+    case = study.case()
+    bench = {"E": case.vessels[0].E, "R1": case.outlets[0].R1, "C": case.outlets[0].C,
+             "R2": case.outlets[0].R2}  # fmt: skip
+    a, b = study.patient_theta(0), study.patient_theta(1)
+    for k, v in bench.items():
+        assert abs(a[k][0] / v - 1) <= TINY.spread
+        assert a[k][0] != b[k][0]
+    np.testing.assert_array_equal(study.patient_theta(0)["E"], a["E"])
+    prior = values(study.physics())
+    assert float(prior["E"][0]) == pytest.approx(bench["E"])  # the prior is the case file's
+
+
+@pytest.mark.slow  # builds the fine-grid truth
+def test_splits_times_and_ood_sets(study, problem):
+    L = TINY.samples_per_cycle
+    assert problem.train.shape == (TINY.train_cycles, L + 1, study._n())
+    assert list(problem.eval_sets) == ["id", "hr0_75", "hr1_3", "exercise"]
+    for es in problem.eval_sets.values():
+        assert es.data.shape[1:] == (TINY.context_steps + TINY.corr_steps, study._n())
+        assert np.all(np.isfinite(es.data)) and es.t0.shape == (es.data.shape[0],)
+    assert problem.eval_sets["hr0_75"].context["period"] == 0.75
+    assert problem.eval_sets["exercise"].context["amplitude"] == TINY.amplitude
+    # the training data are noisy measurements: not on the clean truth's trajectory
+    val_next = problem.val[0, 1:]
+    assert np.std(np.diff(problem.train[0], axis=0)) > 0 and np.all(np.isfinite(val_next))
+
+
+@pytest.mark.slow  # builds the fine-grid truth
+def test_truth_holds_physics_the_model_lacks_and_prior_is_off(study, problem):
+    """With the patient's true θ_s the coarse physics still misses the truth (wall
+    viscosity, profile, grid); with the prior θ_s it misses it by more."""
+    from scilayers.experiments._engine import forecast
+
+    es = problem.eval_sets["id"]
+    truth = es.data[:, es.start : es.start + 6]
+    err = {}
+    for name, model in (("true", study.physics_on(patient=TINY.patient,
+                                                  gamma=TINY.gamma_true)),
+                        ("prior", study.physics())):  # fmt: skip
+        pred = forecast(model, es, 5, study.cfg.dt)
+        err[name] = float(np.mean((pred - truth) ** 2))
+    assert 0 < err["true"] < err["prior"]
+
+
+@pytest.mark.slow  # builds the fine-grid truth
+def test_waveform_metrics_in_clinical_units(study, problem):
+    es = problem.eval_sets["id"]
+    truth = es.data[:, :6]
+    assert all(v == 0 for v in study.extra_metrics(es, truth, truth).values())
+    pred = truth.copy()
+    pred[..., : TINY.n_cells] += 0.1  # 0.1 x 20 mmHg in every cell's pressure
+    m = study.extra_metrics(es, pred, truth)
+    assert m["p_dist_rmse_mmhg"] == pytest.approx(2.0, rel=1e-4)
+    assert m["systolic_error_mmhg"] == pytest.approx(2.0, rel=1e-4)
+    assert m["q_in_rmse_mls"] == 0
+    p = study._waveforms(truth)["p_prox"]
+    assert 40 < p.min() and p.max() < 200  # aortic pressures, mmHg
+
+
+@pytest.mark.slow  # builds the fine-grid truth
+def test_transfer_keeps_learned_theta_on_another_heart_rate(study, problem):
+    step = study.physics()
+    learned = set_values(step, E=np.array([5.0e5]), R2=np.array([9.0e7]))
+    moved = transfer(study, learned, problem.eval_sets["hr0_75"])
+    assert float(values(moved)["E"][0]) == pytest.approx(5.0e5)
+    assert float(values(moved)["R1"][0]) == pytest.approx(float(values(step)["R1"][0]))
+    assert moved.model.network.case.period == pytest.approx(0.75 * study.case().period)
+    assert isinstance(moved.model.solver, ArterialMUSCL)
+
+
+@pytest.mark.slow
+def test_tiny_study_end_to_end(tmp_path):
+    st = HemodynamicsStudy(TINY, data_dir=_data_dir())
+    res = run_study(st, [0], tmp_path, progress=False, log=lambda *_: None)
+    on_disk = json.loads((tmp_path / "results.json").read_text())
+    assert on_disk["experiment"] == "hemodynamics"
+    for m in ("pure_physics", "hybrid_joint", "neural_emulator", "pure_physics_calibrated"):
+        assert m in res["methods"]
+        assert res["methods"][m]["hr0_75_p_dist_rmse_mmhg"]["mean"] is not None
+    th = res["methods"]["hybrid_joint"]["theta"]
+    assert set(th) == {"E", "R1", "C", "R2"} and all("true" in v for v in th.values())
+    assert res["tables"][0]["rows"]
+    assert any(t["name"].startswith("hybrid_joint heart-rate") for t in res["targets"])
+    assert jnp.isfinite(res["wall_seconds"])
