@@ -362,8 +362,14 @@ def run_arterial_case(
     import jax
     import jax.numpy as jnp
 
-    from .. import __version__
+    from importlib.metadata import PackageNotFoundError, version
+
     from ..solvers._arterial import ArterialMUSCL, arterial_stable_dt
+
+    try:
+        __version__ = version("scilayers")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree
+        __version__ = "0.0.0"
 
     if not isinstance(case, ArterialCase):
         case = load_arterial_case(case, data_dir)
