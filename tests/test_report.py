@@ -325,7 +325,6 @@ def test_malformed_json_is_a_value_error(tmp_path):
         (lambda r: r.pop("experiment"), "'experiment'"),
         (lambda r: r["methods"]["pinn"].__setitem__("id_mse", {"mean": 1.0}), "'std'"),
         (lambda r: r["targets"][0].pop("pass"), "'pass'"),
-        (lambda r: r["methods"]["hybrid_joint"]["theta"]["a"].pop("true"), "'true'"),
     ],
 )
 def test_missing_key_is_a_value_error_naming_it(tmp_path, mutate, key):
@@ -793,3 +792,15 @@ def test_cli_report_of_a_truncated_results_json_exits_2_with_one_line(tmp_path):
     assert result.exit_code == 2
     assert result.output.startswith("error: ") and "not valid JSON" in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_theta_without_a_true_value_is_reported_as_effective(tmp_path):
+    """An effective θ_s (no closed truth, e.g. a closure study) has no "true": the report
+    shows a dash there and no relative error, instead of refusing the results."""
+    results = _results()
+    results["methods"]["hybrid_joint"]["theta"]["a"].pop("true")
+    results["methods"]["hybrid_joint"]["theta"]["a"].pop("rel_error", None)
+    _write_run(tmp_path, results=results, arrays=False)
+    report = build_report(tmp_path).read_text()
+    row = next(line for line in report.splitlines() if "`hybrid_joint`" in line and "`a`" in line)
+    assert "| — |" in row
