@@ -135,11 +135,18 @@ def test_resume_reuses_finished_runs(study):
 
 
 def test_every_registered_study_implements_the_protocol():
+    import os
+
+    no_data = not os.environ.get("SCILAYERS_DATA_DIR")
     for name in STUDIES:
         cls = get_study(name)
         assert cls.name == name and cls.presets and "quick" in cls.presets
         study = cls(cls.presets["quick"])
-        step = study.physics()
+        try:
+            step = study.physics()
+        except ValueError as e:  # a study on real data, without the data: a one-line error
+            assert no_data and "SCILAYERS_DATA_DIR" in str(e) and "\n" not in str(e), (name, e)
+            continue
         assert values(step), f"{name}: the physics has no θ_s"
         net = study.closure(__import__("jax").random.key(0))
         u = jnp.zeros(step.state_shape)

@@ -17,6 +17,7 @@ STUDIES: dict[str, str] = {
     "ks": "scilayers.experiments.ks:KSStudy",
     "burgers": "scilayers.experiments.burgers:BurgersStudy",
     "lorenz96": "scilayers.experiments.lorenz96:Lorenz96Study",
+    "era5": "scilayers.experiments.era5:ERA5Study",
     "hemodynamics": "scilayers.experiments.hemodynamics:HemodynamicsStudy",
 }
 
