@@ -18,3 +18,12 @@ settings.load_profile("scilayers")
 def key():
     """A fixed PRNG key, so every test is reproducible."""
     return jax.random.key(20240611)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _free_compiled_programs():
+    """Drop JAX's compiled programs after each test module: a whole-suite process otherwise
+    accumulates thousands of CPU executables (each with its own memory mappings), and XLA
+    crashed compiling late in the run (segfault/abort inside backend_compile)."""
+    yield
+    jax.clear_caches()
