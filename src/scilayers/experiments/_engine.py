@@ -37,8 +37,7 @@ from ..baselines import calibrate, fit_pinn, neural_emulator, sequential_hybrid
 from ..hybrid import Hybrid, NeuralStepper
 from ..hybrid import identifiability as identifiability_of
 from ..params import named, set_values, values
-from ..solvers import rollout
-from ..solvers import takes_time
+from ..solvers import rollout, takes_time
 from ..training import fit
 from ._common import RunCache, environment, write_json
 from ._study import AbstractStudy, EvalSet, Problem
@@ -179,8 +178,10 @@ def forecast(model, es: EvalSet, steps: int, dt: float) -> np.ndarray:
     """Rollouts of ``model`` (already on ``es``'s domain) from each trajectory's forecast
     start, at the start's time when the set has times: ``(batch, 1 + steps, *state)``."""
     u0 = jnp.asarray(es.data[:, es.start])
-    t0 = None if es.t0 is None or not takes_time(model) else jnp.asarray(
-        np.asarray(es.t0) + es.start * dt
+    t0 = (
+        None
+        if es.t0 is None or not takes_time(model)
+        else jnp.asarray(np.asarray(es.t0) + es.start * dt)
     )  # a NeuralStepper takes no time
     return np.asarray(_rollouts(model, u0, steps, t0))
 
@@ -269,11 +270,6 @@ def run_one(study: AbstractStudy, problem: Problem, name: str, opts: dict | None
             preds = {k: np.asarray(v)[:, : steps + 1] for k, v in built.items()}
         else:
             model = built
-            for k, es in problem.eval_sets.items():
-                m = transfer(study, model, es)
-                preds[k] = forecast(m, es, steps, cfg.dt)
-                for mk, mv in study.model_metrics(name, es, m, seed).items():
-                    metrics[f"{k}_{mk}"] = mv
     else:
         if name == "pure_physics":
             model, history = study.physics(), None
@@ -288,6 +284,7 @@ def run_one(study: AbstractStudy, problem: Problem, name: str, opts: dict | None
                 for k, v in history.items()
                 if k.startswith("theta/")
             }
+    if model is not None and name != "pinn" and not preds:  # forecasts of a model
         for k, es in problem.eval_sets.items():
             m = transfer(study, model, es)
             preds[k] = forecast(m, es, steps, cfg.dt)
