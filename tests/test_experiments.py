@@ -230,3 +230,36 @@ def test_forecasts_start_at_the_set_time():
     es = EvalSet("id", np.zeros((2, 5, 1)), start=2, t0=np.array([10.0, 20.0]))
     pred = forecast(Clock(), es, 3, dt=0.5)
     np.testing.assert_allclose(pred[:, -1, 0], [10.0 + 1.0 + 1.5, 20.0 + 1.0 + 1.5])
+
+
+def test_uq_ensemble_block_and_report(tmp_path):
+    """``--uq ensemble``: a vectorised ensemble per UQ method, scored per set and lead time,
+    with the θ_s spread across members against the truth, and the report's UQ section."""
+    from scilayers.report import build_report
+
+    cfg = TINY.replace(uq="ensemble", uq_members=3, uq_samples=2, lambda_sweep=(0.0,),
+                       data_sizes=(30,), closure_variants=("orthogonal",), pinn=None)  # fmt: skip
+    res = run_study(BurgersStudy(cfg), [0], tmp_path, progress=False, log=quiet)
+    uq = json.loads((tmp_path / "results.json").read_text())["uq"]
+    assert uq["kind"] == "ensemble" and set(uq["methods"]) == {"hybrid_joint", "neural_emulator"}
+    joint = uq["methods"]["hybrid_joint"]
+    for s in res["eval_sets"]:
+        at = joint[s]["at_lead"]
+        assert at["step"] == cfg.main_horizon
+        assert 0 <= at["picp_50"] <= at["picp_90"] <= at["picp_95"] <= 1
+        assert at["crps"] > 0 and at["mpiw_90"] > 0
+        assert len(joint[s]["by_step"]["crps"]) == cfg.main_horizon
+    nu = joint["theta"]["nu"]
+    assert len(nu["members"]) == 3 and nu["std"] > 0  # members start and end apart
+    assert nu["true"] == pytest.approx(float(values(BurgersStudy(cfg).truth_model())["nu"]))
+    arrays = np.load(tmp_path / "arrays.npz")
+    shown = arrays["uq__hybrid_joint__id"]
+    assert shown.shape == (4, cfg.main_horizon + 1)
+    assert np.all(shown[2] <= shown[1] + 1e-6) and np.all(shown[1] <= shown[3] + 1e-6)
+    text = build_report(tmp_path).read_text()
+    assert "## Uncertainty quantification" in text and "PICP 90 %" in text
+    for fig in ("uq_reliability", "uq_lead_time", "uq_intervals", "uq_theta"):
+        assert (tmp_path / "figures" / f"{fig}.png").is_file()
+    # the ensemble is cached with the other runs: a resumed study does not retrain it
+    again = run_study(BurgersStudy(cfg), [0], tmp_path, resume=True, progress=False, log=quiet)
+    assert again["uq"]["methods"]["hybrid_joint"]["train_seconds"] == joint["train_seconds"]

@@ -494,3 +494,19 @@ def test_simulation_based_calibration_through_lorenz96():
     assert summary["p_value"] > 0.01, summary
     assert 0.85 <= summary["coverage_90"] <= 0.95, summary
     assert res.max_r_hat.max() < 1.1
+
+
+def test_fit_ar1_clips_a_drifting_component_when_asked():
+    """Growing residuals (φ > 1) are not stationary: an error by default, clipped with
+    max_phi."""
+    rng = np.random.default_rng(0)
+    walk = np.zeros((4, 400, 2))
+    walk[..., 0] = 1.02 ** np.arange(400) * (1 + 0.01 * rng.normal(size=(4, 400)))
+    walk[..., 1] = rng.normal(size=(4, 400))  # the second component is white noise
+    with pytest.raises(ValueError, match="phi"):
+        sl.uq.fit_ar1(walk, per_component=True)
+    ar = sl.uq.fit_ar1(walk, per_component=True, max_phi=0.9)
+    assert float(ar.phi[0]) == pytest.approx(0.9)
+    assert abs(float(ar.phi[1])) < 0.1  # the white component is untouched
+    with pytest.raises(ValueError, match="max_phi"):
+        sl.uq.fit_ar1(walk, max_phi=1.0)

@@ -228,7 +228,8 @@ def data_arterial(
 
 # -------------------------------------------------------------------------------- run
 def _run_one(name: str, preset: str, seeds: int | None, out: Path | None,
-             data_dir: Path | None, resume: bool, progress: bool) -> Path:  # fmt: skip
+             data_dir: Path | None, resume: bool, progress: bool,
+             uq: str | None = None) -> Path:  # fmt: skip
     from .experiments import main
 
     cls = _study_class(name)
@@ -236,6 +237,8 @@ def _run_one(name: str, preset: str, seeds: int | None, out: Path | None,
         fail(f"unknown preset {preset!r} for {name}; choose one of {', '.join(cls.presets)}")
     if seeds is not None and seeds < 1:
         fail(f"--seeds must be >= 1, got {seeds}")
+    if uq is not None and uq not in ("none", "ensemble", "bayes"):
+        fail(f"unknown --uq {uq!r}; choose none, ensemble or bayes")
     out_dir = out if out is not None else Path("runs") / f"{name}-{preset}"
     if out_dir.exists() and not out_dir.is_dir():
         fail(f"--out {out_dir} is a file; pass a folder")
@@ -244,7 +247,7 @@ def _run_one(name: str, preset: str, seeds: int | None, out: Path | None,
     try:
         results = main(name, preset, seeds=seeds or 3, out=out_dir,
                        data_dir=_resolve_data_dir(data_dir), resume=resume,
-                       progress=progress)  # fmt: skip
+                       progress=progress, uq=uq)  # fmt: skip
     except (ValueError, FileNotFoundError) as e:
         fail(str(e))
     _print_summary(out_dir, results, time.perf_counter() - t0)
@@ -262,6 +265,18 @@ def _print_summary(out_dir: Path, results: dict, wall: float) -> None:
             mean = entry.get(f"{s}_mse", {}).get("mean")
             cells.append(f"{mean:14.4g}" if mean is not None else f"{'—':>14s}")
         typer.echo(f"{name:26s}" + "".join(cells))
+    uq = results.get("uq") or {}
+    if uq.get("methods"):
+        typer.echo(f"\nuncertainty ({uq['kind']}), at lead {uq['lead']} steps:")
+        typer.echo(f"{'method':26s}{'set':>6s}{'PICP90':>9s}{'width90':>10s}{'CRPS':>10s}"
+                   f"{'spread/skill':>14s}")  # fmt: skip
+        for name, entry in uq["methods"].items():
+            for s in sets:
+                at = entry.get(s, {}).get("at_lead", {})
+                cells = [at.get(k) for k in ("picp_90", "mpiw_90", "crps", "spread_skill")]
+                txt = [f"{c:.3g}" if c is not None else "—" for c in cells]
+                typer.echo(f"{name:26s}{s:>6s}{txt[0]:>9s}{txt[1]:>10s}{txt[2]:>10s}"
+                           f"{txt[3]:>14s}")  # fmt: skip
     failed = [t["name"] for t in results.get("targets", []) if t.get("pass") is False]
     typer.echo(f"targets: {len(results.get('targets', [])) - len(failed)} met"
                + (f", not met: {'; '.join(failed)}" if failed else ""))  # fmt: skip
@@ -282,8 +297,12 @@ def _make_run_command(name: str):
             False, "--resume", help="Continue from the finished runs and checkpoints in OUT."
         ),
         progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bars."),
+        uq: str | None = typer.Option(
+            None, "--uq", help="Uncertainty: none, ensemble (deep ensembles with AR(1) model "
+            "error) or bayes (NUTS posterior of θ_s); default: the preset's (none).",
+        ),
     ):
-        _run_one(name, preset, seeds, out, data_dir, resume, progress)
+        _run_one(name, preset, seeds, out, data_dir, resume, progress, uq)
 
     return command
 

@@ -39,9 +39,11 @@ def main(
     resume: bool = False,
     progress: bool = True,
     log=print,
+    uq: str | None = None,
 ) -> dict:
     """Run the study ``study`` at ``preset`` over ``seeds`` seeds, write ``out`` and the
-    report (what ``scilayers run STUDY`` does)."""
+    report (what ``scilayers run STUDY`` does); ``uq`` (``"none"``, ``"ensemble"``,
+    ``"bayes"``; default: the preset's) adds the uncertainty block."""
     cls = get_study(study)
     if preset not in cls.presets:
         raise ValueError(f"unknown preset {preset!r} for {study}; choose one of "
@@ -49,7 +51,10 @@ def main(
     if seeds < 1:
         raise ValueError(f"seeds must be >= 1, got {seeds}.")
     out = Path(out) if out is not None else Path("runs") / f"{study}-{preset}"
-    instance = cls(cls.presets[preset], data_dir=None if data_dir is None else Path(data_dir))
+    cfg = cls.presets[preset]
+    if uq is not None:
+        cfg = cfg.replace(uq=uq)
+    instance = cls(cfg, data_dir=None if data_dir is None else Path(data_dir))
     results = run_study(instance, list(range(seeds)), out, resume=resume, progress=progress,
                         log=log)  # fmt: skip
     from ..report import build_report

@@ -41,6 +41,7 @@ from ..solvers import rollout, takes_time
 from ..training import fit
 from ._common import RunCache, environment, write_json
 from ._study import AbstractStudy, EvalSet, Problem
+from ._uq import run_uq
 
 REFERENCE = ("persistence", "climatology")
 METHODS = (
@@ -539,6 +540,10 @@ def run_study(study: AbstractStudy, seeds: list[int], out: Path, *, resume: bool
         if "x" in es.context:
             arrays_out[f"x_{k}"] = np.asarray(es.context["x"])
     arrays_out.update(fields)
+    uq = None
+    if cfg.uq != "none":
+        uq, uq_arrays = run_uq(study, problem, seeds[0], out, cfg.uq, progress, log)
+        arrays_out.update(uq_arrays)
     np.savez(out / "arrays.npz", **arrays_out)
 
     wall = time.perf_counter() - t_start
@@ -564,6 +569,8 @@ def run_study(study: AbstractStudy, seeds: list[int], out: Path, *, resume: bool
     }
     if ident:
         results_json["identifiability"] = ident
+    if uq is not None:
+        results_json["uq"] = uq
     de = _data_efficiency(study, problem, agg)
     if de:
         results_json["data_efficiency"] = de

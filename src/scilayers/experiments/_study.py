@@ -51,6 +51,14 @@ class StudyConfig:
     - `emulator_steps`: the neural emulator's step budget (``None``: ``train.steps``); it
       is cheap per step and needs more steps to converge, so it gets them.
     - `train`: the training budget every trained method shares (the emulator may get more).
+    - `uq`: uncertainty quantification (``"none"``, ``"ensemble"`` or ``"bayes"``; the CLI's
+      ``--uq``; see `scilayers.experiments._uq`): `uq_methods` get a deep ensemble of
+      `uq_members` members (θ_s starts jittered by `uq_jitter` in unconstrained units),
+      each rolled out `uq_samples` times with AR(1) model error; scored on the first
+      `uq_trajectories` trajectories of each set. ``bayes``: NUTS over θ_s of the trained
+      ``hybrid_joint`` on `bayes_trajectories` training trajectories cut into windows of
+      `bayes_horizon` steps (`bayes_chains` chains, `bayes_warmup` + `bayes_samples`
+      draws), then `uq_members` posterior draws as the predictive ensemble.
     """
 
     preset: str = "quick"
@@ -79,6 +87,17 @@ class StudyConfig:
     checkpoint_every: int = 100
     emulator_steps: int | None = None
     train: TrainConfig = field(default_factory=TrainConfig)
+    uq: str = "none"
+    uq_methods: tuple[str, ...] = ("hybrid_joint", "neural_emulator")
+    uq_members: int = 5
+    uq_samples: int = 4
+    uq_trajectories: int = 32
+    uq_jitter: float = 0.2
+    bayes_trajectories: int = 4
+    bayes_horizon: int = 5
+    bayes_chains: int = 2
+    bayes_warmup: int = 150
+    bayes_samples: int = 150
 
     def __post_init__(self):
         if self.main_horizon > self.corr_steps:
@@ -87,6 +106,13 @@ class StudyConfig:
             )
         if self.context_steps < 1:
             raise ValueError(f"context_steps must be >= 1, got {self.context_steps}.")
+        if self.uq not in ("none", "ensemble", "bayes"):
+            raise ValueError(f"uq must be 'none', 'ensemble' or 'bayes', got {self.uq!r}.")
+        if self.uq_members < 2 or self.uq_samples < 1:
+            raise ValueError(
+                f"uq_members must be >= 2 and uq_samples >= 1, got {self.uq_members}, "
+                f"{self.uq_samples}."
+            )
         if any(s < 1 for s in self.data_sizes):
             raise ValueError(f"data_sizes must be positive, got {self.data_sizes}.")
 

@@ -38,6 +38,7 @@ from ._tables import (
     targets_section,
     theta_table,
 )
+from ._uq import uq_figures, uq_section
 
 REPORT_FILE = "report.md"
 FIGURES_DIR = "figures"
@@ -102,12 +103,14 @@ def build_report(run_dir: str | os.PathLike[str]) -> Path:
         "data_efficiency": draw(data_efficiency(results, arrays, path("data_efficiency.png"))),
         "ablations": draw(ablations(results, arrays, path("ablations.png"))),
     }
+    uq = [draw(o) for o in uq_figures(results, arrays, figures_dir)]
     text = render(
         results,
         figures,
         arrays_present=arrays is not None,
         fields=fields,
         study_figures=[(f, (run_dir / f.file).is_file()) for f in results.figures],
+        uq_figures=uq,
     )
     out = run_dir / REPORT_FILE
     tmp = out.with_suffix(".md.tmp")
@@ -228,6 +231,7 @@ def render(
     arrays_present: bool = True,
     fields: dict[str, FigureOutcome] | None = None,
     study_figures: list[tuple[StudyFigure, bool]] | None = None,
+    uq_figures: list[FigureOutcome] | None = None,
 ) -> str:
     """The Markdown text of the report."""
     methods = list(results.methods.values())
@@ -299,7 +303,9 @@ def render(
     out += [targets_section(results.targets) if results.targets else "No targets were set.", ""]
 
     if results.uq:
-        out += ["## Uncertainty quantification", "", mapping_table(results.uq), ""]
+        out += ["## Uncertainty quantification", "", uq_section(results), ""]
+        for outcome in uq_figures or []:
+            out += [_figure_block(outcome), ""]
 
     if results.notes:
         out += ["## Notes", ""] + [f"- {note}" for note in results.notes] + [""]

@@ -97,7 +97,9 @@ def one_step_residuals(model, data, t0=None) -> Array:
     return eqx.filter_jit(jax.vmap(per_traj))(data, start)
 
 
-def fit_ar1(residuals, *, per_component: bool = False, demean: bool = True) -> AR1:
+def fit_ar1(
+    residuals, *, per_component: bool = False, demean: bool = True, max_phi: float | None = None
+) -> AR1:
     r"""Fit an `AR1` model-error process to one-step residuals (`one_step_residuals`) by
     conditional least squares (the conditional maximum likelihood):
 
@@ -112,7 +114,12 @@ def fit_ar1(residuals, *, per_component: bool = False, demean: bool = True) -> A
       the state's shape) instead of one pooled over all components (default, for
       homogeneous fields such as KS or Lorenz-96).
     - `demean`: estimate the mean ``μ`` (the model's bias); ``False`` fixes ``μ = 0``.
+    - `max_phi`: clip ``|φ̂|`` to this value (< 1) before estimating ``σ``, so that a
+      component whose residuals drift (``φ̂ ≥ 1``, e.g. from a short record) still gives a
+      stationary process; default ``None``: such residuals are an error.
     """
+    if max_phi is not None and not 0 <= max_phi < 1:
+        raise ValueError(f"max_phi must lie in [0, 1), got {max_phi}.")
     r = np.asarray(residuals, dtype=np.float64)
     if r.ndim < 3 or r.shape[1] < 3:
         raise ValueError(
@@ -130,6 +137,8 @@ def fit_ar1(residuals, *, per_component: bool = False, demean: bool = True) -> A
     if np.any(den <= 0):
         raise ValueError("residuals are constant; there is no model error to fit.")
     phi = np.sum(x * y, axis=axes, keepdims=True) / den
+    if max_phi is not None:
+        phi = np.clip(phi, -max_phi, max_phi)
     sigma = np.sqrt(np.mean((y - phi * x) ** 2, axis=axes, keepdims=True))
     if per_component:
         return AR1(phi.reshape(state_shape), sigma.reshape(state_shape), mu.reshape(state_shape))

@@ -1,0 +1,266 @@
+"""Uncertainty in a study (``scilayers run NAME --uq ensemble|bayes``): the ``uq`` block of
+``results.json`` for the methods that have UQ.
+
+``ensemble``
+    Each method of ``cfg.uq_methods`` (default ``hybrid_joint`` and ``neural_emulator``)
+    is trained again as a deep ensemble of ``cfg.uq_members`` members — one compiled
+    program vectorised over members (`scilayers.uq.train_ensemble`), each member with its
+    own network initialisation, its own θ_s start (jittered around the prior) and its own
+    data order, with the method's training config and budget (no validation or early
+    stopping). Model error correlated in time is an AR(1) process per state component,
+    fitted to the members' one-step residuals on the validation trajectories (``|φ|``
+    clipped to 0.98)
+    (`scilayers.uq.fit_ar1`); every member is rolled out ``cfg.uq_samples`` times with it
+    (`scilayers.uq.ensemble_forecast`). The same error model is used out of domain, so
+    whether the intervals widen there is a property of the members, not of a refit.
+``bayes``
+    The NUTS posterior of θ_s of the trained ``hybrid_joint`` (seed of the first run;
+    network weights fixed at their trained values), with the solver inside the likelihood
+    (`scilayers.uq.posterior_theta`, the observation noise inferred), then the posterior
+    predictive: ``cfg.uq_members`` posterior draws, each rolled out ``cfg.uq_samples``
+    times with the AR(1) model error of the trained model.
+
+Every prediction is scored against the truth on the first ``cfg.uq_trajectories``
+trajectories of each evaluation set over ``cfg.main_horizon`` steps (`scilayers.uq.uq_block`:
+PICP at 50/90/95 %, interval width, CRPS, NLL, spread–skill, per lead time, a reliability
+diagram), with the θ_s spread (ensemble) or posterior summary (bayes) against the truth.
+Results are cached under ``OUT/runs`` like the other runs.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ..hybrid import Hybrid, NeuralStepper
+from ..params import LogNormal, values
+from ..uq import (
+    ensemble_forecast,
+    fit_ar1,
+    init_members,
+    member,
+    one_step_residuals,
+    posterior_theta,
+    stack_members,
+    theta_spread,
+    train_ensemble,
+    uq_block,
+)
+from ._common import write_json
+from ._study import AbstractStudy, Problem
+
+
+def _key(name: str, seed: int):
+    from ._engine import _key as engine_key
+
+    return engine_key(f"uq/{name}", seed)
+
+
+def _members(study: AbstractStudy, problem: Problem, method: str, seed: int):
+    """The initial ensemble of ``method`` and its training config."""
+    from ._engine import _closure_kwargs
+
+    cfg = study.cfg
+    tc = cfg.train.replace(seed=seed)
+    key = _key(method, seed)
+    if method == "neural_emulator":
+        shape = problem.eval_sets["id"].state_shape
+        members = init_members(lambda k: NeuralStepper(study.emulator(k), shape), key,
+                               cfg.uq_members, theta="keep")  # fmt: skip
+        return members, tc.replace(steps=cfg.emulator_steps or tc.steps)
+    if method not in ("hybrid_joint", "hybrid_fixed_theta"):
+        raise ValueError(
+            f"uq_methods: {method!r} has no ensemble; choose hybrid_joint, hybrid_fixed_theta "
+            f"or neural_emulator."
+        )
+    hkw, odd = _closure_kwargs(study, cfg.identifiable)
+
+    def build(k):
+        return Hybrid(study.physics(), study.closure(k, odd=odd), coupling="closure", **hkw)
+
+    strategy = "joint" if method == "hybrid_joint" else "fixed"
+    theta = "jitter" if strategy == "joint" else "keep"
+    members = init_members(build, key, cfg.uq_members, theta=theta, jitter=cfg.uq_jitter)
+    return members, tc.replace(strategy=strategy)
+
+
+def _error_model(models: list, problem: Problem):
+    """AR(1) model error per state component from one-step residuals on validation data."""
+    val = jnp.asarray(problem.val)
+    t0 = None if problem.val_t0 is None else jnp.asarray(problem.val_t0)
+    res = [np.asarray(one_step_residuals(m, val, t0 if _timed(m) else None)) for m in models]
+    return fit_ar1(np.concatenate(res, axis=0), per_component=True, max_phi=0.98)
+
+
+def _timed(model) -> bool:
+    from ..solvers import takes_time
+
+    return takes_time(model)
+
+
+def _forecasts(study: AbstractStudy, problem: Problem, models: list, error, seed: int):
+    """Sampled rollouts of every model (moved to each set) from each set's start, scored."""
+    from ._engine import transfer
+
+    cfg = study.cfg
+    n = cfg.main_horizon
+    sets, shown = {}, {}
+    for name, es in problem.eval_sets.items():
+        b = min(cfg.uq_trajectories, es.data.shape[0])
+        stacked = stack_members([transfer(study, m, es) for m in models])
+        u0 = jnp.asarray(es.data[:b, es.start])
+        t0 = None
+        if es.t0 is not None and _timed(models[0]):
+            t0 = jnp.asarray(np.asarray(es.t0)[:b] + es.start * cfg.dt)
+        fc = ensemble_forecast(stacked, u0, n, _key(f"forecast/{name}", seed), t0=t0,
+                               samples=cfg.uq_samples, error=error)  # fmt: skip
+        pred = fc.prediction()
+        truth = es.data[:b, es.start : es.start + n + 1]
+        sets[name] = (truth, pred)
+        samples = np.asarray(pred.samples)[:, 0].reshape(pred.samples.shape[0], n + 1, -1)
+        lo, hi = np.quantile(samples[..., 0], [0.05, 0.95], axis=0)
+        shown[name] = np.stack(
+            [truth[0].reshape(n + 1, -1)[:, 0], samples[..., 0].mean(0), lo, hi]
+        ).astype(np.float32)
+    return sets, shown
+
+
+def _true_theta(study: AbstractStudy) -> dict[str, float]:
+    truth = study.truth_model()
+    return {} if truth is None else {k: float(np.mean(v)) for k, v in values(truth).items()}
+
+
+def _with_truth(spread: dict, truth: dict) -> dict:
+    out = {}
+    for k, v in spread.items():
+        row = dict(v)
+        mean, std = np.mean(v["mean"]), np.mean(v["std"])
+        row["ci95"] = [float(mean - 1.96 * std), float(mean + 1.96 * std)]
+        if k in truth:
+            row["true"] = truth[k]
+            row["covered"] = bool(row["ci95"][0] <= truth[k] <= row["ci95"][1])
+        out[k] = row
+    return out
+
+
+def _ensemble(study: AbstractStudy, problem: Problem, method: str, seed: int, progress: bool):
+    cfg = study.cfg
+    members, tc = _members(study, problem, method, seed)
+    t0 = problem.train_t0
+    res = train_ensemble(members, problem.train, tc, t0=t0 if _timed(members) else None)
+    models = [member(res.models, i) for i in range(cfg.uq_members)
+              if not bool(res.diverged[i])]  # fmt: skip
+    if not models:
+        raise ValueError(f"every {method} ensemble member diverged; see the training notes.")
+    error = _error_model(models, problem)
+    t = time.perf_counter()
+    sets, shown = _forecasts(study, problem, models, error, seed)
+    theta = _with_truth(theta_spread(stack_members(models)), _true_theta(study))
+    block = uq_block(sets, lead=cfg.main_horizon, theta=theta)
+    block["train_seconds"] = res.seconds
+    block["forecast_seconds"] = time.perf_counter() - t
+    block["members"] = len(models)
+    block["diverged_members"] = int(np.sum(res.diverged))
+    block["error_model"] = _ar1_summary(error)
+    block["notes"] = list(res.notes)
+    return block, shown
+
+
+def _ar1_summary(error) -> dict:
+    phi, sigma = np.asarray(error.phi), np.asarray(error.sigma)
+    return {"kind": "AR(1) per state component", "phi_median": float(np.median(phi)),
+            "sigma_median": float(np.median(sigma))}  # fmt: skip
+
+
+def _bayes(study: AbstractStudy, problem: Problem, seed: int, out: Path, progress: bool):
+    from ._engine import _train, train_runs
+
+    cfg = study.cfg
+    runs = train_runs(study, int(problem.train.shape[0]))
+    ckpt = out / "checkpoints" / "hybrid_joint" / f"seed{seed}"
+    # the finished run, restored from its last checkpoint (trained now if there is none)
+    model = _train(study, problem, "hybrid_joint", runs["hybrid_joint"], seed, ckpt,
+                   resume=True, progress=progress).model  # fmt: skip
+    error = _error_model([model], problem)
+    b = min(cfg.bayes_trajectories, problem.train.shape[0])
+    data = problem.train[:b]
+    t0 = None if problem.train_t0 is None or not _timed(model) else problem.train_t0[:b]
+    scale = float(np.sqrt(np.mean(np.asarray(error.sigma) ** 2
+                                  / np.maximum(1 - np.asarray(error.phi) ** 2, 1e-6))))  # fmt: skip
+    post = posterior_theta(
+        model,
+        data,
+        _key("bayes", seed),
+        noise=LogNormal(max(scale, 1e-8), 1.0),
+        t0=t0,
+        horizon=cfg.bayes_horizon,
+        num_warmup=cfg.bayes_warmup,
+        num_samples=cfg.bayes_samples,
+        num_chains=cfg.bayes_chains,
+        init="model",
+    )
+    draws = post.models(cfg.uq_members)
+    models = [member(draws, i) for i in range(cfg.uq_members)]
+    t = time.perf_counter()
+    sets, shown = _forecasts(study, problem, models, error, seed)
+    block = uq_block(sets, lead=cfg.main_horizon, theta=post.summary(_true_theta(study)))
+    block["posterior_seconds"] = post.seconds
+    block["forecast_seconds"] = time.perf_counter() - t
+    block["divergences"] = int(post.divergences)
+    block["members"] = cfg.uq_members
+    block["error_model"] = _ar1_summary(error)
+    block["posterior_samples"] = {k: post.samples[..., i].reshape(-1).tolist()
+                                  for i, k in enumerate(post.names)}  # fmt: skip
+    return block, shown
+
+
+def _g(x) -> str:
+    return "—" if x is None else f"{x:.3g}"
+
+
+def run_uq(study: AbstractStudy, problem: Problem, seed: int, out: Path, kind: str,
+           progress: bool, log) -> tuple[dict, dict[str, np.ndarray]]:  # fmt: skip
+    """The ``uq`` block (and the interval arrays for the report) of a study run."""
+    cfg = study.cfg
+    methods = ("hybrid_joint",) if kind == "bayes" else tuple(cfg.uq_methods)
+    block: dict = {
+        "kind": kind,
+        "lead": cfg.main_horizon,
+        "trajectories": cfg.uq_trajectories,
+        "members": cfg.uq_members,
+        "samples_per_member": cfg.uq_samples,
+        "methods": {},
+    }
+    arrays: dict[str, np.ndarray] = {}
+    cache = out / "runs"
+    for method in methods:
+        path = cache / f"uq_{kind}_{method}__seed{seed}.json"
+        apath = path.with_suffix(".npz")
+        if path.exists() and apath.exists():
+            entry = json.loads(path.read_text())
+            with np.load(apath) as f:
+                shown = {k: f[k] for k in f.files}
+        else:
+            t = time.perf_counter()
+            if kind == "ensemble":
+                entry, shown = _ensemble(study, problem, method, seed, progress)
+            else:
+                entry, shown = _bayes(study, problem, seed, out, progress)
+            entry["seconds"] = time.perf_counter() - t
+            cache.mkdir(parents=True, exist_ok=True)
+            np.savez(apath, **shown)
+            write_json(path, entry)
+        block["methods"][method] = entry
+        for k, v in shown.items():
+            arrays[f"uq__{method}__{k}"] = v
+        at = {s: entry[s]["at_lead"] for s in problem.eval_sets if s in entry}
+        log(f"uq {kind} {method:24s} " + "  ".join(
+            f"{s}: PICP90 {_g(a['picp_90'])} spread/skill {_g(a['spread_skill'])} "
+            f"CRPS {_g(a['crps'])}" for s, a in at.items()))  # fmt: skip
+    jax.clear_caches()
+    return block, arrays
