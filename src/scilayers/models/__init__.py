@@ -1,6 +1,13 @@
 """Scientific models: equations only (right-hand sides, linear/nonlinear splits, residuals)."""
 
 from ._advection_diffusion import LatLonAdvectionDiffusion as LatLonAdvectionDiffusion
+from ._aneurysm import Channel as Channel
+from ._aneurysm import FluidMask as FluidMask
+from ._aneurysm import IncompressibleFlow2D as IncompressibleFlow2D
+from ._aneurysm import SidewallAneurysm as SidewallAneurysm
+from ._aneurysm import WallPoints as WallPoints
+from ._aneurysm import Waveform as Waveform
+from ._aneurysm import wall_sampling as wall_sampling
 from ._arterial import MMHG as MMHG
 from ._arterial import ArterialCase as ArterialCase
 from ._arterial import ArterialNetwork as ArterialNetwork
@@ -18,3 +25,9 @@ from ._ks import KuramotoSivashinsky as KuramotoSivashinsky
 from ._lorenz96 import Lorenz96 as Lorenz96
 from ._lorenz96 import Lorenz96TwoScale as Lorenz96TwoScale
 from ._pendulum import DrivenPendulum as DrivenPendulum
+from ._rheology import BLOOD_DENSITY as BLOOD_DENSITY
+from ._rheology import CHO_KENSEY_1991 as CHO_KENSEY_1991
+from ._rheology import AbstractRheology as AbstractRheology
+from ._rheology import Carreau as Carreau
+from ._rheology import Newtonian as Newtonian
+from ._rheology import PowerLaw as PowerLaw
