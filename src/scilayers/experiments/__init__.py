@@ -55,9 +55,15 @@ def main(
     if uq is not None:
         cfg = cfg.replace(uq=uq)
     instance = cls(cfg, data_dir=None if data_dir is None else Path(data_dir))
-    results = run_study(instance, list(range(seeds)), out, resume=resume, progress=progress,
-                        log=log)  # fmt: skip
+    runner = getattr(instance, "run", None)  # a study outside the forecast protocol
+    if callable(runner):
+        results = runner(list(range(seeds)), out, resume=resume, progress=progress, log=log)
+    else:
+        results = run_study(instance, list(range(seeds)), out, resume=resume,
+                            progress=progress, log=log)  # fmt: skip
+    from ..distributed import is_writer
     from ..report import build_report
 
-    build_report(out)
+    if is_writer():  # one report, by process 0
+        build_report(out)
     return results
