@@ -360,3 +360,42 @@ def test_bench_uses_public_names_only():
             if any(p.startswith("_") for p in parts) or private or "experiments" in parts:
                 bad.append(f"line {node.lineno}: from {'.' * node.level}{node.module or ''}")
     assert bad == []
+
+
+def test_observed_components_are_all_the_data_loss_sees(ks_data):
+    """An observation operator: with ``observed`` the loss compares only those components,
+    so corrupting the others (after the first state, which every window starts from: the
+    windows span whole trajectories here) changes nothing, and θ_s is still recovered from
+    8 of 32 grid points."""
+    obs = tuple(range(0, 32, 4))
+    corrupt = np.array(ks_data)
+    hidden = np.setdiff1d(np.arange(32), obs)
+    corrupt[:, 1:, hidden] += np.random.default_rng(0).normal(size=corrupt[:, 1:, hidden].shape)
+    cfg = sl.TrainConfig(steps=80, batch_size=6, horizon=ks_data.shape[1] - 1, lr_theta=3e-2,
+                         schedule="constant", observed=obs)  # fmt: skip
+    step = sl.solvers.ETDRK4(_ks(0.85, 1.15), 0.25)
+    clean = sl.fit(step, ks_data, cfg, progress=False)
+    dirty = sl.fit(step, jnp.asarray(corrupt), cfg, progress=False)
+    np.testing.assert_allclose(clean.history["loss"], dirty.history["loss"], rtol=1e-6)
+    got = sl.params.values(clean.model)
+    assert abs(float(got["a"]) - 1.1) < 0.02 and abs(float(got["b"]) - 0.9) < 0.02
+    # without the operator the corrupted components do enter the loss
+    whole = cfg.replace(observed=None, steps=1)
+    bad = sl.fit(step, jnp.asarray(corrupt), whole, progress=False).history["loss"][0]
+    good = sl.fit(step, ks_data, whole, progress=False).history["loss"][0]
+    assert bad - good > 0.5  # the unit-variance noise on 24 of 32 components: ≈ 0.75
+    with pytest.raises(ValueError, match="observed"):
+        sl.TrainConfig(observed=(0, -1))
+
+
+def test_a_checkpoint_from_before_a_new_config_field_resumes(ks_data, tmp_path):
+    """A field added to TrainConfig since a checkpoint was written, left at its default,
+    does not block resuming it."""
+    step = sl.solvers.ETDRK4(_ks(0.85, 1.15), 0.25)
+    cfg = sl.TrainConfig(steps=4, batch_size=4, horizon=3, checkpoint_every=2)
+    sl.fit(step, ks_data, cfg, progress=False, checkpoint_dir=tmp_path)
+    meta = json.loads((tmp_path / "checkpoint.json").read_text())
+    del meta["config"]["observed"]
+    (tmp_path / "checkpoint.json").write_text(json.dumps(meta))
+    res = sl.fit(step, ks_data, cfg, progress=False, checkpoint_dir=tmp_path, resume=True)
+    assert len(res.history["loss"]) == 4

@@ -49,14 +49,29 @@ def predict_windows(
     )
 
 
-def rollout_loss(step, windows, memory: str = "full", t0=None) -> tuple[Array, Array]:
+def rollout_loss(
+    step, windows, memory: str = "full", t0=None, observed=None
+) -> tuple[Array, Array]:
     """Multi-step data loss ``mean_t ||ũ_t - u_t||²`` over an unrolled window, each
-    window starting at its time ``t0[b]`` (default 0; see `predict_windows`).
+    window starting at its time ``t0[b]`` (default 0; see `predict_windows`); with
+    ``observed`` (flat indices into a raveled state) only those components are compared
+    (an observation operator for sparse measurements).
 
     Returns ``(loss, predictions)``; ``predictions`` includes the initial states.
     """
     pred = predict_windows(step, windows, memory, t0)
-    return mse(pred[:, 1:], windows[:, 1:]), pred
+    if observed is None:
+        return mse(pred[:, 1:], windows[:, 1:]), pred
+    idx = jnp.asarray(observed)
+    b, t = windows.shape[0], windows.shape[1] - 1
+    flat_p = pred[:, 1:].reshape(b, t, -1)
+    flat_w = windows[:, 1:].reshape(b, t, -1)
+    if int(max(observed)) >= flat_w.shape[-1]:
+        raise ValueError(
+            f"observed indices reach {max(observed)} but a state has {flat_w.shape[-1]} "
+            f"components."
+        )
+    return mse(flat_p[..., idx], flat_w[..., idx]), pred
 
 
 def physics_loss(step, trajectories: Float[Array, " batch time *state"], t0=None) -> Array:

@@ -37,6 +37,10 @@ class TrainConfig:
     - `max_rejects`: consecutive non-finite steps tolerated (each halves the learning
       rate, `reject_factor`) before training stops with a message.
     - `seed`: drives data order and any randomness of training.
+    - `observed`: the observation operator of sparse measurements: flat indices (into a
+      state raveled in C order) of the components the data loss compares (``None``: all).
+      Windows still start from full states; only these components of the rollout are
+      fitted, as when a clinician measures pressure at one site and flow at the inlet.
     """
 
     strategy: str = "joint"
@@ -60,6 +64,7 @@ class TrainConfig:
     max_rejects: int = 20
     reject_factor: float = 0.5
     seed: int = 0
+    observed: tuple[int, ...] | None = None
 
     def __post_init__(self):
         if self.strategy not in STRATEGIES:
@@ -78,6 +83,14 @@ class TrainConfig:
             v = getattr(self, name)
             if not (math.isfinite(v) and v >= 0):
                 raise ValueError(f"{name} must be a finite learning rate >= 0, got {v}.")
+        if self.observed is not None:
+            obs = tuple(self.observed)
+            if not obs or not all(isinstance(i, int) and i >= 0 for i in obs):
+                raise ValueError(
+                    f"observed must be a non-empty tuple of flat component indices >= 0 (or "
+                    f"None for all), got {self.observed!r}."
+                )
+            object.__setattr__(self, "observed", obs)
         if self.checkpoint_every < 0:
             raise ValueError(f"checkpoint_every must be >= 0, got {self.checkpoint_every}.")
         if any(h < 1 for h in self.horizon_schedule):
@@ -94,6 +107,8 @@ class TrainConfig:
         d = dataclasses.asdict(self)
         d["horizon_schedule"] = list(self.horizon_schedule)
         d["stage_fractions"] = list(self.stage_fractions)
+        if self.observed is not None:
+            d["observed"] = list(self.observed)
         return d
 
     @classmethod

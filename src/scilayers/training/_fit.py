@@ -205,7 +205,7 @@ def make_loss(config: TrainConfig, stage: Stage):
 
     def loss_fn(model, windows, weights, t0=None):
         view = _view(model, stage)
-        data_l, pred = rollout_loss(view, windows, config.memory, t0)
+        data_l, pred = rollout_loss(view, windows, config.memory, t0, config.observed)
         parts = {"data": data_l}
         total = weights["lambda_data"] * data_l
         if config.lambda_physics > 0:
@@ -310,11 +310,11 @@ def compiled_train_step(config: TrainConfig, stage: Stage, horizon: int):
 
 
 @functools.lru_cache(maxsize=64)
-def _val_loss_fn(stage: Stage, memory: str):
+def _val_loss_fn(stage: Stage, memory: str, observed: tuple[int, ...] | None = None):
     @eqx.filter_jit
     def val(model, windows):
         windows, t0 = windows  # the first states of the validation trajectories, and t0
-        return rollout_loss(_view(model, stage), windows, memory, t0)[0]
+        return rollout_loss(_view(model, stage), windows, memory, t0, observed)[0]
 
     return val
 
@@ -588,6 +588,8 @@ def _check_resumable(saved: dict | None, config: TrainConfig, directory: Path) -
     its old and new value. Allowed: only `steps` grown, for a strategy in `EXTENDABLE`."""
     current = config.to_dict()
     saved = {} if saved is None else saved
+    defaults = TrainConfig().to_dict()  # a field added since the checkpoint: its default
+    saved = {**{k: v for k, v in defaults.items() if k in current and k not in saved}, **saved}
     missing = "(absent)"
     diff = {
         k: (saved.get(k, missing), current.get(k, missing))
@@ -760,7 +762,7 @@ def _train_stage(run, stages, config, data, val_windows, checkpoints, bar) -> No
     stage = stages[si]
     trainable, static = split_trainable(run.model, stage)
     validation = _Validation(
-        _val_loss_fn(stage, config.memory),
+        _val_loss_fn(stage, config.memory, config.observed),
         val_windows,
         config.val_every,
         config.patience,
