@@ -89,12 +89,30 @@ def _members(study: AbstractStudy, problem: Problem, method: str, seed: int):
     return members, tc.replace(strategy=strategy)
 
 
-def _error_model(models: list, problem: Problem):
-    """AR(1) model error per state component from one-step residuals on validation data."""
-    val = jnp.asarray(problem.val)
-    t0 = None if problem.val_t0 is None else jnp.asarray(problem.val_t0)
-    res = [np.asarray(one_step_residuals(m, val, t0 if _timed(m) else None)) for m in models]
-    return fit_ar1(np.concatenate(res, axis=0), per_component=True, max_phi=0.98)
+class _ErrorModel:
+    """AR(1) model error from one-step residuals on validation data: one process per state
+    component, and one pooled over components for a set on another grid."""
+
+    def __init__(self, models: list, problem: Problem):
+        val = jnp.asarray(problem.val)
+        t0 = None if problem.val_t0 is None else jnp.asarray(problem.val_t0)
+        res = np.concatenate(
+            [np.asarray(one_step_residuals(m, val, t0 if _timed(m) else None)) for m in models]
+        )
+        self.per_component = fit_ar1(res, per_component=True, max_phi=0.98)
+        self.pooled = fit_ar1(res, max_phi=0.98)
+
+    def on(self, shape: tuple[int, ...]):
+        same = tuple(np.shape(self.per_component.phi)) == tuple(shape)
+        return self.per_component if same else self.pooled
+
+    @property
+    def phi(self):
+        return self.per_component.phi
+
+    @property
+    def sigma(self):
+        return self.per_component.sigma
 
 
 def _timed(model) -> bool:
@@ -118,7 +136,7 @@ def _forecasts(study: AbstractStudy, problem: Problem, models: list, error, seed
         if es.t0 is not None and _timed(models[0]):
             t0 = jnp.asarray(np.asarray(es.t0)[:b] + es.start * cfg.dt)
         fc = ensemble_forecast(stacked, u0, n, _key(f"forecast/{name}", seed), t0=t0,
-                               samples=cfg.uq_samples, error=error)  # fmt: skip
+                               samples=cfg.uq_samples, error=error.on(es.state_shape))  # fmt: skip
         pred = fc.prediction()
         truth = es.data[:b, es.start : es.start + n + 1]
         sets[name] = (truth, pred)
@@ -157,7 +175,7 @@ def _ensemble(study: AbstractStudy, problem: Problem, method: str, seed: int, pr
               if not bool(res.diverged[i])]  # fmt: skip
     if not models:
         raise ValueError(f"every {method} ensemble member diverged; see the training notes.")
-    error = _error_model(models, problem)
+    error = _ErrorModel(models, problem)
     t = time.perf_counter()
     sets, shown = _forecasts(study, problem, models, error, seed)
     theta = _with_truth(theta_spread(stack_members(models)), _true_theta(study))
@@ -173,7 +191,8 @@ def _ensemble(study: AbstractStudy, problem: Problem, method: str, seed: int, pr
 
 def _ar1_summary(error) -> dict:
     phi, sigma = np.asarray(error.phi), np.asarray(error.sigma)
-    return {"kind": "AR(1) per state component", "phi_median": float(np.median(phi)),
+    return {"kind": "AR(1) per state component (pooled over components on another grid)",
+            "phi_median": float(np.median(phi)),
             "sigma_median": float(np.median(sigma))}  # fmt: skip
 
 
@@ -186,7 +205,7 @@ def _bayes(study: AbstractStudy, problem: Problem, seed: int, out: Path, progres
     # the finished run, restored from its last checkpoint (trained now if there is none)
     model = _train(study, problem, "hybrid_joint", runs["hybrid_joint"], seed, ckpt,
                    resume=True, progress=progress).model  # fmt: skip
-    error = _error_model([model], problem)
+    error = _ErrorModel([model], problem)
     b = min(cfg.bayes_trajectories, problem.train.shape[0])
     data = problem.train[:b]
     t0 = None if problem.train_t0 is None or not _timed(model) else problem.train_t0[:b]
