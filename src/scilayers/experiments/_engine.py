@@ -127,6 +127,8 @@ def _train(study: AbstractStudy, problem: Problem, name: str, opts: dict, seed: 
            resume: bool, progress: bool):  # fmt: skip
     cfg = study.cfg
     tc = cfg.train.replace(seed=seed, lambda_physics=opts.get("lambda", cfg.lambda_physics))
+    if problem.observed is not None:  # sparse measurements: fit only what was measured
+        tc = tc.replace(observed=tuple(int(i) for i in problem.observed))
     key = _key(opts.get("data_of", name), seed)
     n = opts.get("n_train")
     train = problem.train[:n]

@@ -155,7 +155,10 @@ class Problem:
     """Truth cut into splits: training and validation trajectories on the training domain,
     and the evaluation sets (the first is in-domain, named ``"id"``). ``train_t0`` and
     ``val_t0`` (optional) are the times of the first state of each trajectory, for a
-    time-dependent model; ``info`` holds whatever else the study's hooks need."""
+    time-dependent model; ``info`` holds whatever else the study's hooks need.
+    ``observed`` (optional) are the measured components (flat indices into a state): every
+    trained method then fits only those (`TrainConfig.observed`), starting from full
+    states; evaluation still scores whole states."""
 
     train: np.ndarray
     val: np.ndarray
@@ -163,6 +166,7 @@ class Problem:
     info: dict[str, Any] = field(default_factory=dict)
     train_t0: np.ndarray | None = None
     val_t0: np.ndarray | None = None
+    observed: tuple[int, ...] | None = None
 
     def __post_init__(self):
         if next(iter(self.eval_sets), None) != "id":

@@ -67,6 +67,8 @@ def _members(study: AbstractStudy, problem: Problem, method: str, seed: int):
 
     cfg = study.cfg
     tc = cfg.train.replace(seed=seed)
+    if problem.observed is not None:
+        tc = tc.replace(observed=tuple(int(i) for i in problem.observed))
     key = _key(method, seed)
     if method == "neural_emulator":
         shape = problem.eval_sets["id"].state_shape
