@@ -170,3 +170,16 @@ def test_tiny_study_end_to_end(tmp_path):
     assert res["tables"][0]["rows"]
     assert any(t["name"].startswith("hybrid_joint heart-rate") for t in res["targets"])
     assert jnp.isfinite(res["wall_seconds"])
+
+
+def test_training_sees_only_the_clinical_measurements(study, problem):
+    """Proximal and distal pressure of vessel 1 and the inlet flow are the measurements;
+    the engine hands them to every trained method as the observation operator."""
+    n = TINY.n_cells
+    assert problem.observed == (0, n - 1, n)
+    wave = study._waveforms(problem.train[0])
+    flat = problem.train[0].reshape(problem.train.shape[1], -1)
+    p_ref, p_scale, _ = study._scales()
+    np.testing.assert_allclose((p_ref + p_scale * flat[:, 0]) / 133.322, wave["p_prox"],
+                               rtol=1e-3)  # fmt: skip
+    assert HemodynamicsStudy(TINY.replace(sparse=False), data_dir=_data_dir()).observed() is None
