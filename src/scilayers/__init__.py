@@ -18,6 +18,7 @@ except PackageNotFoundError:  # pragma: no cover
 
 from . import baselines as baselines  # noqa: E402
 from . import data as data  # noqa: E402
+from . import distributed as distributed  # noqa: E402
 from . import hybrid as hybrid  # noqa: E402
 from . import losses as losses  # noqa: E402
 from . import metrics as metrics  # noqa: E402

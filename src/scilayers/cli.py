@@ -283,6 +283,24 @@ def _print_summary(out_dir: Path, results: dict, wall: float) -> None:
     typer.echo(f"wall time {wall / 60:.1f} min; report: {out_dir / 'report.md'}")
 
 
+_DISTRIBUTED_HELP = (
+    "Run on every device of every process: start jax.distributed from the environment "
+    "(SCILAYERS_COORDINATOR / SCILAYERS_NUM_PROCESSES / SCILAYERS_PROCESS_ID, JAX_*, or "
+    "SLURM's variables) and split training batches over all devices; only process 0 writes."
+)
+
+
+def _start_distributed() -> None:
+    """``--distributed``: join the run's processes; must come before anything uses JAX."""
+    from .distributed import devices_summary, initialize
+
+    try:
+        rt = initialize()
+    except (ValueError, RuntimeError) as e:
+        fail(f"--distributed: {e}")
+    typer.echo(f"distributed: process {rt.process_index}: {devices_summary()}", err=True)
+
+
 def _make_run_command(name: str):
     def command(
         preset: str = typer.Option("quick", help="Study size (see `scilayers list`)."),
@@ -301,7 +319,10 @@ def _make_run_command(name: str):
             None, "--uq", help="Uncertainty: none, ensemble (deep ensembles with AR(1) model "
             "error) or bayes (NUTS posterior of θ_s); default: the preset's (none).",
         ),
+        distributed: bool = typer.Option(False, "--distributed", help=_DISTRIBUTED_HELP),
     ):
+        if distributed:
+            _start_distributed()
         _run_one(name, preset, seeds, out, data_dir, resume, progress, uq)
 
     return command
@@ -330,8 +351,11 @@ def _register() -> None:
         data_dir: Path | None = typer.Option(None, help="Folder of real data."),
         resume: bool = typer.Option(False, "--resume", help="Continue finished runs."),
         progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bars."),
+        distributed: bool = typer.Option(False, "--distributed", help=_DISTRIBUTED_HELP),
     ):
         """Run every registered study at PRESET (into OUT/NAME-PRESET)."""
+        if distributed:
+            _start_distributed()
         for name in STUDIES:
             _run_one(name, preset, seeds, out / f"{name}-{preset}", data_dir, resume, progress)
 

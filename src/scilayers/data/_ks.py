@@ -17,6 +17,7 @@ import numpy as np
 import xarray as xr
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from ..distributed import local_mesh, shard_batch
 from ..models import KuramotoSivashinsky
 from ..solvers import ETDRK4, Repeated, rollout
 from ._splits import SPLIT_RULE, assign_splits
@@ -48,7 +49,8 @@ class KSDataConfig:
       the inner step is 0.05).
     - `burn_in`: time integrated and discarded before saving (100), a multiple of ``dt``;
       it takes the random smooth initial state onto the attractor.
-    - `batch_size`: trajectories per compiled batch (250); results do not depend on it.
+    - `batch_size`: trajectories per compiled batch (250; rounded up to a multiple of the
+      local device count, over which each batch is split); results do not depend on it.
     - `seed`: trajectory ``i`` starts from ``model.initial_condition(fold_in(fold_in(key(seed),
       0), i))``; OOD trajectory ``j`` from ``fold_in(fold_in(key(seed), 1), j)``.
     - `dealias`: ETDRK4 dealiasing fraction (``None``: off).
@@ -259,12 +261,16 @@ def _run_group(
     inner = ETDRK4(model, dt=config.dt, dealias=config.dealias)
     out = np.empty((count, config.steps + 1, model.n), dtype=np.float32)
     steady = 0
-    bs = min(config.batch_size, count)
+    # a batch is split over this process's devices (each process generates the whole truth
+    # by itself, so none waits on another), so it is rounded up to a multiple of them
+    mesh = local_mesh()
+    bs = -(-min(config.batch_size, count) // mesh.size) * mesh.size
     for start in range(0, count, bs):
         stop = min(start + bs, count)
         keys = _keys(config.seed, group, start, stop)
         if stop - start < bs:  # pad the last batch so that one compiled shape serves all
             keys = jnp.concatenate([keys, jnp.repeat(keys[-1:], bs - (stop - start), axis=0)])
+        keys = shard_batch(keys, mesh)
         traj = np.asarray(
             _simulate(inner, keys, config.substeps, config.burn_in_steps, config.steps)
         )[: stop - start]

@@ -13,6 +13,8 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from ..distributed import agree, is_writer
+
 
 def environment() -> dict:
     from .. import __version__
@@ -22,6 +24,7 @@ def environment() -> dict:
         "jax": jax.__version__,
         "devices": [str(d.platform) for d in jax.devices()],
         "device_count": jax.device_count(),
+        "process_count": jax.process_count(),
         "platform": platform.platform(),
         "python": platform.python_version(),
         "x64": bool(jax.config.jax_enable_x64),
@@ -44,7 +47,10 @@ def _clean(x):
 
 
 def write_json(path: Path, obj) -> None:
-    """Atomically write ``obj`` as JSON (NaN/Inf become null)."""
+    """Atomically write ``obj`` as JSON (NaN/Inf become null); in a multi-process run only
+    process 0 writes (`scilayers.distributed.is_writer`)."""
+    if not is_writer():
+        return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".tmp")
@@ -65,6 +71,21 @@ class RunCache:
         return self.root / f"{stem}.json", self.root / f"{stem}.npz"
 
     def get(self, name: str, seed: int):
+        """The cached ``(metrics, arrays)`` of a run, or ``None``. In a multi-process run
+        process 0 decides (`scilayers.distributed.agree`), so every process skips or
+        recomputes the same runs; the folder must then be shared by all processes."""
+        hit = self._read(name, seed)
+        if not agree(hit is not None):
+            return None
+        if hit is None:
+            raise ValueError(
+                f"process {jax.process_index()} cannot read {self.root}, where process 0 found "
+                f"the finished run {name!r} (seed {seed}): in a multi-process run the output "
+                f"folder must be on a file system every process shares."
+            )
+        return hit
+
+    def _read(self, name: str, seed: int):
         js, nz = self._paths(name, seed)
         if not (js.exists() and nz.exists()):
             return None
@@ -77,6 +98,8 @@ class RunCache:
         return metrics, arrays
 
     def put(self, name: str, seed: int, metrics: dict, arrays: dict) -> None:
+        if not is_writer():  # process 0 writes for all
+            return
         js, nz = self._paths(name, seed)
         self.root.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=self.root, prefix=nz.name + ".tmp", suffix=".npz")

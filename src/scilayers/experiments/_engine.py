@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .. import distributed
 from .. import metrics as M
 from ..baselines import calibrate, fit_pinn, neural_emulator, sequential_hybrid
 from ..hybrid import Hybrid, NeuralStepper
@@ -126,7 +127,8 @@ def _key(name: str, seed: int):
 def _train(study: AbstractStudy, problem: Problem, name: str, opts: dict, seed: int, ckpt: Path,
            resume: bool, progress: bool):  # fmt: skip
     cfg = study.cfg
-    tc = cfg.train.replace(seed=seed, lambda_physics=opts.get("lambda", cfg.lambda_physics))
+    tc = cfg.train.replace(seed=seed, lambda_physics=opts.get("lambda", cfg.lambda_physics),
+                           shard=cfg.train.shard or distributed.initialized())  # fmt: skip
     if problem.observed is not None:  # sparse measurements: fit only what was measured
         tc = tc.replace(observed=tuple(int(i) for i in problem.observed))
     key = _key(opts.get("data_of", name), seed)
@@ -137,7 +139,8 @@ def _train(study: AbstractStudy, problem: Problem, name: str, opts: dict, seed: 
         kw.update(t0=np.asarray(problem.train_t0)[:n], val_t0=problem.val_t0)
     if cfg.checkpoint_every:
         tc = tc.replace(checkpoint_every=cfg.checkpoint_every)
-        kw.update(checkpoint_dir=ckpt, resume=resume or (ckpt / "checkpoint.json").exists())
+        found = distributed.agree((ckpt / "checkpoint.json").exists())  # process 0 decides
+        kw.update(checkpoint_dir=ckpt, resume=resume or found)
     kind = opts["kind"]
     if kind == "calibrate":
         return calibrate(study.physics(), train, tc, **kw)
@@ -280,6 +283,8 @@ def run_one(study: AbstractStudy, problem: Problem, name: str, opts: dict | None
             ckpt = out / "checkpoints" / name / f"seed{seed}"
             res = _train(study, problem, name, opts, seed, ckpt, resume, progress)
             model, history = res.model, res.history
+            if getattr(res, "peak_memory_mb", None) is not None:  # XLA's, per device
+                metrics["train_step_peak_mb"] = res.peak_memory_mb
             early = bool(res.config.patience) and len(history["step"]) < res.config.steps
             metrics["convergence"] = dict(_convergence(history, early), criterion=CONVERGENCE_RULE)
             metrics["theta_history"] = {
@@ -474,7 +479,7 @@ def run_study(study: AbstractStudy, seeds: list[int], out: Path, *, resume: bool
     t_start = time.perf_counter()
     cfg = study.cfg
     out = Path(out)
-    if not resume:
+    if not resume and distributed.is_writer():
         for sub in ("runs", "checkpoints"):
             shutil.rmtree(out / sub, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
@@ -546,7 +551,8 @@ def run_study(study: AbstractStudy, seeds: list[int], out: Path, *, resume: bool
     if cfg.uq != "none":
         uq, uq_arrays = run_uq(study, problem, seeds[0], out, cfg.uq, progress, log)
         arrays_out.update(uq_arrays)
-    np.savez(out / "arrays.npz", **arrays_out)
+    if distributed.is_writer():
+        np.savez(out / "arrays.npz", **arrays_out)
 
     wall = time.perf_counter() - t_start
     results_json = {
@@ -582,7 +588,9 @@ def run_study(study: AbstractStudy, seeds: list[int], out: Path, *, resume: bool
         results_json[k] = v
     results_json["targets"] = _generic_targets(results_json) + study.targets(results_json)
     results_json["notes"] = _generic_notes(study, problem) + study.notes(problem)
-    results_json["figures"] = study.figures(out, results_json, arrays_out)
+    results_json["figures"] = (
+        study.figures(out, results_json, arrays_out) if distributed.is_writer() else []
+    )
     write_json(out / "results.json", results_json)
     return results_json
 

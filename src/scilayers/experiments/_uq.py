@@ -37,6 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..distributed import agree, is_writer
 from ..hybrid import Hybrid, NeuralStepper
 from ..params import LogNormal, values
 from ..uq import (
@@ -262,7 +263,7 @@ def run_uq(study: AbstractStudy, problem: Problem, seed: int, out: Path, kind: s
     for method in methods:
         path = cache / f"uq_{kind}_{method}__seed{seed}.json"
         apath = path.with_suffix(".npz")
-        if path.exists() and apath.exists():
+        if agree(path.exists() and apath.exists()):  # process 0 decides for all
             entry = json.loads(path.read_text())
             with np.load(apath) as f:
                 shown = {k: f[k] for k in f.files}
@@ -273,8 +274,9 @@ def run_uq(study: AbstractStudy, problem: Problem, seed: int, out: Path, kind: s
             else:
                 entry, shown = _bayes(study, problem, seed, out, progress)
             entry["seconds"] = time.perf_counter() - t
-            cache.mkdir(parents=True, exist_ok=True)
-            np.savez(apath, **shown)
+            if is_writer():
+                cache.mkdir(parents=True, exist_ok=True)
+                np.savez(apath, **shown)
             write_json(path, entry)
         block["methods"][method] = entry
         for k, v in shown.items():

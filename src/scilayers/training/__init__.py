@@ -2,6 +2,8 @@
 pieces of one training step for callers that drive it themselves (benchmarks, ensembles);
 `online_fit`, which updates a model on a sliding window as observations arrive."""
 
+from ._config import EXECUTION_FIELDS as EXECUTION_FIELDS
+from ._config import MEMORY_CHOICES as MEMORY_CHOICES
 from ._config import STRATEGIES as STRATEGIES
 from ._config import TrainConfig as TrainConfig
 from ._fit import EXTENDABLE as EXTENDABLE
@@ -18,6 +20,7 @@ from ._fit import load_checkpoint as load_checkpoint
 from ._fit import loss_weights as loss_weights
 from ._fit import make_loss as make_loss
 from ._fit import make_train_step as make_train_step
+from ._fit import memory_plan as memory_plan
 from ._fit import read_checkpoint_meta as read_checkpoint_meta
 from ._fit import sample_timed_windows as sample_timed_windows
 from ._fit import sample_windows as sample_windows
@@ -26,6 +29,10 @@ from ._fit import split_trainable as split_trainable
 from ._fit import stages_for as stages_for
 from ._hessian import ThetaHessian as ThetaHessian
 from ._hessian import theta_hessian as theta_hessian
+from ._memory import MemoryPlan as MemoryPlan
+from ._memory import plan_memory as plan_memory
+from ._memory import rollout_memory as rollout_memory
+from ._memory import step_memory as step_memory
 from ._online import ONLINE_STRATEGIES as ONLINE_STRATEGIES
 from ._online import OnlineConfig as OnlineConfig
 from ._online import OnlineResult as OnlineResult

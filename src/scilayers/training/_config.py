@@ -9,6 +9,11 @@ from dataclasses import dataclass
 
 STRATEGIES = ("joint", "staged", "fixed")
 SCHEDULES = ("constant", "cosine")
+#: `TrainConfig.memory`: a rollout memory policy, or "auto" (chosen from the budget).
+MEMORY_CHOICES = ("auto", "full", "checkpoint", "recursive")
+#: Fields that change how a step is computed but not its result (beyond round-off): a
+#: checkpoint may be resumed with other values of these.
+EXECUTION_FIELDS = ("memory", "memory_budget_mb", "shard")
 
 
 @dataclass(frozen=True)
@@ -33,7 +38,19 @@ class TrainConfig:
       stage after this many evaluations without improvement (``None``: never); the best
       validated state of each stage is kept.
     - `checkpoint_every`: write an atomic checkpoint every so many steps (0: never).
-    - `memory`: rollout memory policy for the unrolled loss.
+    - `memory`: what the backward pass of the unrolled loss stores (`scilayers.rollout`):
+      ``"full"``, ``"checkpoint"`` or ``"recursive"``, used as given; or ``"auto"``
+      (default): ``"full"`` without a `memory_budget_mb`, else the fastest policy whose
+      estimated memory (`scilayers.training.plan_memory`) fits the budget.
+    - `memory_budget_mb`: memory for one training step's rollouts, in MiB (``None``: no
+      limit). With an explicit `memory` the budget is only checked, and `fit` notes it
+      when the estimate exceeds it.
+    - `shard`: split each step's batch of windows over every device (a one-axis mesh,
+      `scilayers.distributed.batch_mesh`; parameters and data replicated, the gradient
+      reduction left to XLA); `batch_size` must be a multiple of the device count. The
+      same program runs on one CPU, several local devices and several processes (after
+      `scilayers.distributed.initialize`); results do not depend on the device count
+      beyond round-off. Like `memory`, it may differ when resuming a checkpoint.
     - `max_rejects`: consecutive non-finite steps tolerated (each halves the learning
       rate, `reject_factor`) before training stops with a message.
     - `seed`: drives data order and any randomness of training.
@@ -60,7 +77,9 @@ class TrainConfig:
     val_every: int = 50
     patience: int | None = None
     checkpoint_every: int = 0
-    memory: str = "full"
+    memory: str = "auto"
+    memory_budget_mb: float | None = None
+    shard: bool = False
     max_rejects: int = 20
     reject_factor: float = 0.5
     seed: int = 0
@@ -100,6 +119,15 @@ class TrainConfig:
             raise ValueError(f"stage_fractions must be three non-negative numbers, got {fr}.")
         if self.clip_norm is not None and not self.clip_norm > 0:
             raise ValueError(f"clip_norm must be > 0 or None, got {self.clip_norm}.")
+        if self.memory not in MEMORY_CHOICES:
+            raise ValueError(f"unknown memory {self.memory!r}; choose one of {MEMORY_CHOICES}.")
+        if self.memory_budget_mb is not None and not (
+            math.isfinite(self.memory_budget_mb) and self.memory_budget_mb > 0
+        ):
+            raise ValueError(
+                f"memory_budget_mb must be a positive number of MiB or None, got "
+                f"{self.memory_budget_mb}."
+            )
         if not 0 < self.reject_factor < 1:
             raise ValueError(f"reject_factor must be in (0, 1), got {self.reject_factor}.")
 

@@ -22,11 +22,13 @@ import numpy as np
 import optax
 from jaxtyping import Array, PyTree
 
+from .. import distributed
 from ..hybrid import Hybrid
 from ..losses import closure_magnitude, physics_loss, prior_loss, rollout_loss
 from ..models import AbstractModel
 from ..params import is_param, network, scientific, unlearned, values
-from ._config import TrainConfig
+from ._config import EXECUTION_FIELDS, TrainConfig
+from ._memory import MemoryPlan, plan_memory, state_struct, step_memory
 
 
 class TrainingDiverged(RuntimeError):
@@ -52,7 +54,11 @@ class FitResult:
 
     ``trained`` counts, per stage name, the entries of θ_s and θ_ml that stage trains
     (``{"joint": {"theta_s": 2, "theta_ml": 0}}``); ``notes`` says in words what was not
-    trained (an empty group, frozen floating-point fields)."""
+    trained (an empty group, frozen floating-point fields). ``memory`` holds the number
+    of ``devices`` the batch was split over and, under ``steps``, per compiled step
+    (``"<stage>/<horizon>"``) the rollout memory ``plan`` (`MemoryPlan.to_dict`: policy,
+    estimates, budget) and the ``measured`` memory of the compiled step (`step_memory`,
+    MiB per device); `peak_memory_mb` is the largest measured peak."""
 
     model: Any
     history: dict[str, np.ndarray]
@@ -61,6 +67,15 @@ class FitResult:
     resumed_from: int | None = None
     trained: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
     notes: tuple[str, ...] = ()
+    memory: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def peak_memory_mb(self) -> float | None:
+        """The largest peak memory of a compiled training step of this run, in MiB (XLA's
+        ``memory_analysis``, per device; ``None`` where the backend does not report it)."""
+        peaks = [m["measured"]["peak"] for m in self.memory.get("steps", {}).values()
+                 if m.get("measured")]  # fmt: skip
+        return max(peaks) if peaks else None
 
 
 def stages_for(config: TrainConfig) -> list[Stage]:
@@ -196,16 +211,33 @@ def _structural(config: TrainConfig) -> TrainConfig:
     return config.replace(seed=0, **{k: float(getattr(config, k) > 0) for k in LAMBDAS})
 
 
+def _devices(config: TrainConfig) -> int:
+    return distributed.batch_mesh().size if config.shard else 1
+
+
+def memory_plan(config: TrainConfig, step, windows) -> MemoryPlan:
+    """The rollout memory policy of a training step of ``step`` on ``windows`` (shape
+    ``(batch, time, *state)``; arrays or tracers) under ``config``'s `memory` and
+    `memory_budget_mb` (`plan_memory`), for the part of the batch one device holds."""
+    batch = windows.shape[0] // _devices(config)
+    horizon = windows.shape[1] - 1
+    return plan_memory(step, state_struct(windows), horizon, batch, config.memory,
+                       config.memory_budget_mb)  # fmt: skip
+
+
 def make_loss(config: TrainConfig, stage: Stage):
     """The total loss ``λ_d L_data + λ_p L_physics + λ_prior (-log p) + λ_c ||closure||²``
     of a model on a batch of windows, ``loss_fn(model, windows, weights, t0=None) ->
     (loss, parts)``; window ``b`` starts at time ``t0[b]`` (``None``: 0). A term is
     computed only where ``config`` gives it a positive λ; the values of the λ come from
-    ``weights`` (see `loss_weights`)."""
+    ``weights`` (see `loss_weights`). The rollout memory policy is ``config.memory``, or
+    chosen from ``config.memory_budget_mb`` when it is ``"auto"`` (`memory_plan`)."""
 
     def loss_fn(model, windows, weights, t0=None):
         view = _view(model, stage)
-        data_l, pred = rollout_loss(view, windows, config.memory, t0, config.observed)
+        memory = config.memory if config.memory != "auto" else memory_plan(config, view,
+                                                                            windows).policy
+        data_l, pred = rollout_loss(view, windows, memory, t0, config.observed)
         parts = {"data": data_l}
         total = weights["lambda_data"] * data_l
         if config.lambda_physics > 0:
@@ -242,15 +274,22 @@ def make_train_step(
     (`loss_weights`). ``data`` is an array of trajectories or `Trajectories` (with start
     times); windows start at their times (`sample_timed_windows`). A non-finite loss or
     gradient rejects the step (the returned state is the input state) and ``ok`` is false.
-    Pure in all arguments, so an ensemble can ``vmap`` it over member keys and a batch can
-    be sharded. ``loss_fn`` (default `make_loss` of ``config`` and ``stage``) is called as
-    ``loss_fn(model, windows, hyper, t0) -> (loss, parts)``, so any extra inputs it needs
-    travel (traced) in ``hyper``."""
+    Pure in all arguments, so an ensemble can ``vmap`` it over member keys. With
+    ``config.shard`` the windows are laid out split over `scilayers.distributed.batch_mesh`
+    (``with_sharding_constraint``); with replicated parameters, XLA partitions the rollouts
+    by trajectory and inserts the all-reduce of the gradient itself. ``loss_fn`` (default
+    `make_loss` of ``config`` and ``stage``) is called as ``loss_fn(model, windows, hyper,
+    t0) -> (loss, parts)``, so any extra inputs it needs travel (traced) in ``hyper``."""
     loss_fn = make_loss(config, stage) if loss_fn is None else loss_fn
+    mesh = distributed.batch_mesh() if config.shard else None
+    if mesh is not None:
+        distributed.check_divisible(config.batch_size, mesh, "TrainConfig.batch_size")
 
     def step(trainable, opt_state, static, data, key, hyper):
         dt = _step_dt(combine_trainable(trainable, static))
         windows, t_start = sample_timed_windows(data, key, config.batch_size, horizon, dt)
+        if mesh is not None:  # the batch split over the devices; XLA partitions the rest
+            windows, t_start = distributed.constrain_batch((windows, t_start), mesh)
 
         def f(tr):
             return loss_fn(combine_trainable(tr, static), windows, hyper, t_start)
@@ -536,6 +575,7 @@ class _RunState:
     best: Any = None
     best_val: float = np.inf
     started: float = dataclasses.field(default_factory=time.perf_counter)
+    memory: dict[str, dict] = dataclasses.field(default_factory=dict)
 
     def seconds(self) -> float:
         """Training time so far, including that of the runs this one resumes."""
@@ -585,9 +625,11 @@ class _Validation:
 
 def _check_resumable(saved: dict | None, config: TrainConfig, directory: Path) -> None:
     """Refuse a checkpoint written with another config, naming each differing field with
-    its old and new value. Allowed: only `steps` grown, for a strategy in `EXTENDABLE`."""
-    current = config.to_dict()
-    saved = {} if saved is None else saved
+    its old and new value. Allowed: only `steps` grown, for a strategy in `EXTENDABLE`;
+    `EXECUTION_FIELDS` (memory policy and budget, sharding) are free: they change how a
+    step is computed, not its result."""
+    current = {k: v for k, v in config.to_dict().items() if k not in EXECUTION_FIELDS}
+    saved = {} if saved is None else {k: v for k, v in saved.items() if k not in EXECUTION_FIELDS}
     defaults = TrainConfig().to_dict()  # a field added since the checkpoint: its default
     saved = {**{k: v for k, v in defaults.items() if k in current and k not in saved}, **saved}
     missing = "(absent)"
@@ -648,10 +690,18 @@ class _Checkpoints:
         return self.directory is not None and self.every > 0 and global_step % self.every == 0
 
     def save(self, run: _RunState, opt_state, validation: _Validation) -> None:
+        """Write the run state; every process gathers it to host memory (a collective for
+        state split over processes), process 0 alone writes."""
         best_val = validation.best_val
+        tree = distributed.to_host(
+            {"model": run.model, "opt": opt_state, "best": validation.best_model}
+        )
+        self.step = run.global_step
+        if not distributed.is_writer():
+            return
         save_checkpoint(
             self.directory,
-            {"model": run.model, "opt": opt_state, "best": validation.best_model},
+            tree,
             {
                 "stage": run.stage,
                 "stage_step": run.stage_step,
@@ -663,13 +713,18 @@ class _Checkpoints:
                 "seconds": run.seconds(),
             },
         )
-        self.step = run.global_step
 
     def restore(self, model, stages: list[Stage]) -> _RunState | None:
         """The run state saved in ``directory`` (``None`` if there is no checkpoint)."""
         probe = read_checkpoint_meta(self.directory)
-        if probe is None:
+        if not distributed.agree(probe is not None):  # process 0's view of the folder
             return None
+        if probe is None:
+            raise ValueError(
+                f"process {jax.process_index()} cannot read the checkpoint in {self.directory} "
+                f"that process 0 found: in a multi-process run the checkpoint folder must be "
+                f"on a file system every process shares."
+            )
         _check_resumable(probe.get("config"), self.config, self.directory)
         stage = stages[probe["stage"]]
         opt = init_opt_state(self.config, stage, split_trainable(model, stage)[0])
@@ -755,14 +810,41 @@ def _diverged(run: _RunState, stage: Stage, rejects: int, checkpoints: _Checkpoi
     )
 
 
-def _train_stage(run, stages, config, data, val_windows, checkpoints, bar) -> None:
+def _memory_report(config, stage, model, data, horizon: int, jitted, args) -> dict:
+    """The memory plan and the measured memory of one compiled training step."""
+    states = _unpack(data)[0]
+    windows = jax.ShapeDtypeStruct((config.batch_size, horizon + 1, *states.shape[2:]),
+                                   states.dtype)  # fmt: skip
+    plan = memory_plan(config, _view(model, stage), windows)
+    return {"plan": plan.to_dict(), "measured": step_memory(jitted, *args)}
+
+
+def _memory_notes(memory: dict) -> list[str]:
+    notes = []
+    for where, m in memory.items():
+        plan = m["plan"]
+        if plan["fits"]:
+            continue
+        est = plan["estimates_mb"][plan["policy"]]
+        fix = ("lower the horizon or batch_size, or shard the batch over more devices"
+               if plan["chosen"] else "use memory='auto' to choose a policy that fits")  # fmt: skip
+        notes.append(
+            f"step {where}: memory={plan['policy']!r} is estimated at {est:.1f} MiB per "
+            f"device, over memory_budget_mb={plan['budget_mb']:g}; {fix}."
+        )
+    return notes
+
+
+def _train_stage(run, stages, config, data, val_windows, checkpoints, bar, mesh=None) -> None:
     """Train stage ``run.stage`` from ``run.stage_step`` to its end or early stop, updating
-    ``run`` in place; ``run.model`` ends as the stage's best validated state."""
+    ``run`` in place; ``run.model`` ends as the stage's best validated state. With a
+    ``mesh`` (``config.shard``) the run state lives replicated on it."""
     si = run.stage
     stage = stages[si]
     trainable, static = split_trainable(run.model, stage)
     validation = _Validation(
-        _val_loss_fn(stage, config.memory, config.observed),
+        _val_loss_fn(stage, "full" if config.memory == "auto" else config.memory,
+                     config.observed),
         val_windows,
         config.val_every,
         config.patience,
@@ -773,16 +855,23 @@ def _train_stage(run, stages, config, data, val_windows, checkpoints, bar) -> No
         opt_state = init_opt_state(config, stage, trainable)
     else:
         opt_state, validation.best_model, validation.best_val = restored
+    if mesh is not None:
+        opt_state = distributed.replicate(opt_state, mesh)
     weights = loss_weights(config)
     stage_key = jax.random.fold_in(jax.random.key(config.seed), si)
     step_fns: dict[int, Any] = {}
     rejects = 0
     for k in range(run.stage_step, stage.steps):
         h = _horizon_at(config, k, stage.steps)
-        if h not in step_fns:
-            step_fns[h] = compiled_train_step(config, stage, h)
         hyper = dict(weights, lr_scale=jnp.asarray(run.lr_scale))
         key = jax.random.fold_in(stage_key, k)
+        if h not in step_fns:
+            step_fns[h] = compiled_train_step(config, stage, h)
+            args = (trainable, opt_state, static, data, key, hyper)
+            run.memory.setdefault(
+                f"{stage.name}/{h}",
+                _memory_report(config, stage, run.model, data, h, step_fns[h], args),
+            )
         trainable, opt_state, loss, parts, ok = step_fns[h](
             trainable, opt_state, static, data, key, hyper
         )
@@ -943,6 +1032,12 @@ def fit(
         if val_t0 is None:
             val_t0 = jnp.zeros(val_arr.shape[0], jnp.result_type(float))
         val_windows = (val_arr[:, : max_h + 1], val_t0)
+    mesh = None
+    if config.shard:
+        mesh = distributed.batch_mesh()
+        distributed.check_divisible(config.batch_size, mesh, "TrainConfig.batch_size")
+        data = distributed.replicate(data, mesh)
+        val_windows = distributed.replicate(val_windows, mesh)
     checkpoints = _Checkpoints.open(checkpoint_dir, config, resume)
     stages = stages_for(config)
     trained, notes, plain = _what_is_trained(model, stages, config)
@@ -958,11 +1053,15 @@ def fit(
     run = checkpoints.restore(model, stages) if resume else None
     if run is None:
         run = _RunState(model, _History.empty(model))
+    if mesh is not None:  # parameters, optimiser state and best state: whole on every device
+        run.model, run.opt, run.best = distributed.replicate((run.model, run.opt, run.best), mesh)
     total = sum(s.steps for s in stages)
     with _Progress(progress, total, completed=run.global_step) as bar:
         while run.stage < len(stages):
-            _train_stage(run, stages, config, data, val_windows, checkpoints, bar)
+            _train_stage(run, stages, config, data, val_windows, checkpoints, bar, mesh)
             run.stage, run.stage_step = run.stage + 1, 0
+    if mesh is not None:  # an ordinary single-device model again, the same on every process
+        run.model = distributed.to_local(run.model)
     return FitResult(
         run.model,
         run.history.arrays(),
@@ -970,5 +1069,6 @@ def fit(
         run.seconds(),
         run.resumed_from,
         trained,
-        notes,
+        (*notes, *_memory_notes(run.memory)),
+        {"devices": 1 if mesh is None else mesh.size, "steps": run.memory},
     )

@@ -14,6 +14,7 @@ import jax.tree_util as jtu
 import numpy as np
 from jaxtyping import Array, PyTree
 
+from .. import distributed
 from ..params import values as param_values
 from ..solvers import rollout, takes_time
 from ..training import (
@@ -147,7 +148,10 @@ def train_ensemble(
     - `members`: the initial ensemble, stacked (`init_members`, `stack_members`).
     - `data`: training trajectories, shape ``(trajectories, time, *state)``.
     - `config`: a `TrainConfig` (strategy, steps, horizon, learning rates, λs); `val_every`,
-      `patience` and `checkpoint_every` do not apply.
+      `patience` and `checkpoint_every` do not apply. With `shard`, the *members* are
+      split over the devices (`scilayers.distributed.shard_members`; padded to a multiple
+      of the device count with copies that are trained and dropped): each device trains
+      its members, with no communication between them; each member's batch stays whole.
     - `t0`: start time of each trajectory (a number or shape ``(trajectories,)``), as in
       `fit`; default ``None``: 0.
     - `seeds`: one training seed per member (default ``config.seed + i``).
@@ -177,9 +181,14 @@ def train_ensemble(
     weights = loss_weights(config)
     started = time.perf_counter()
     models = members
+    mesh = distributed.batch_mesh() if config.shard else None
+    if mesh is not None:  # members (and their seeds) split over the devices
+        (models, seed_arr), _ = distributed.shard_members((models, seed_arr), mesh)
+        data, weights = distributed.replicate((data, weights), mesh)
+    n_run = count_members(models)  # m, or m padded to a multiple of the device count
     hist: dict[str, list] = {"loss": [], "rejected": [], "stage": []}
     thetas: dict[str, list] = {}
-    dead = jnp.zeros(m, dtype=bool)
+    dead = jnp.zeros(n_run, dtype=bool)
     notes = []
     for si, stage in enumerate(stages_for(config)):
         trainable, static = split_trainable(models, stage)
@@ -187,20 +196,27 @@ def train_ensemble(
             notes.append(f"stage {stage.name!r} trained nothing (the model has no such group).")
             continue
         opt = eqx.filter_vmap(lambda tr, st=stage: init_opt_state(config, st, tr))(trainable)
-        lr = jnp.ones(m, dtype=jnp.result_type(float))
-        rejects = jnp.zeros(m, dtype=jnp.int32)
+        lr = jnp.ones(n_run, dtype=jnp.result_type(float))
+        rejects = jnp.zeros(n_run, dtype=jnp.int32)
         carry = (trainable, opt, lr, rejects, dead)
+        if mesh is not None:
+            carry = distributed.shard_batch(distributed.to_host(carry), mesh)
+        # each member's windows stay whole on its device: the members are what is split
+        structural = _structural(config).replace(shard=False)
         for start, stop, h in _segments(config, stage.steps):
-            run = _segment_program(_structural(config), si, stage, h, loss_fn)
+            run = _segment_program(structural, si, stage, h, loss_fn)
             ks = jnp.arange(start, stop)
-            carry, (loss, rejected, theta) = run(carry, static, seed_arr, ks, data, weights)
-            hist["loss"].append(np.asarray(loss))
-            hist["rejected"].append(np.asarray(rejected))
+            carry, out = run(carry, static, seed_arr, ks, data, weights)
+            loss, rejected, theta = distributed.unpad(distributed.to_host(out), m)
+            hist["loss"].append(loss)
+            hist["rejected"].append(rejected)
             hist["stage"].append(np.full(stop - start, si))
             for k, v in theta.items():
-                thetas.setdefault(k, []).append(np.asarray(v))
+                thetas.setdefault(k, []).append(v)
         trainable, _, _, _, dead = carry
         models = combine_trainable(trainable, static)
+    if mesh is not None:  # ordinary single-device arrays, the padding dropped
+        models, dead = distributed.unpad(distributed.to_local((models, dead)), m)
     jax.block_until_ready(jtu.tree_leaves(models))
     seconds = time.perf_counter() - started
     history = {k: np.concatenate(v, axis=-1) if v else np.zeros((m, 0)) for k, v in hist.items()}
@@ -245,7 +261,9 @@ def _rollout_all(members, u0, t0, n: int, memory: str, batched: bool):
     return eqx.filter_vmap(per_member)(members)
 
 
-def ensemble_rollout(members: PyTree, u0, n: int, t0=None, *, memory: str = "full") -> Array:
+def ensemble_rollout(
+    members: PyTree, u0, n: int, t0=None, *, memory: str = "full", shard: bool = False
+) -> Array:
     """Roll every member of a stacked ensemble out from the same initial state(s), all
     members in one compiled program.
 
@@ -256,6 +274,9 @@ def ensemble_rollout(members: PyTree, u0, n: int, t0=None, *, memory: str = "ful
     - `n`: number of steps; `t0`: time of ``u0`` (a number, or one per batch entry;
       default ``None``: 0).
     - `memory`: the rollout memory policy (matters only under differentiation).
+    - `shard`: split the members over every device (`scilayers.distributed.shard_members`,
+      padded to a multiple of the device count); the result is the same, gathered whole
+      onto this process's default device.
 
     **Returns:** trajectories of shape ``(members, n + 1, *state)``, or ``(members, batch,
     n + 1, *state)`` for a batch; ``EnsemblePrediction(out)`` makes them a prediction for
@@ -264,4 +285,10 @@ def ensemble_rollout(members: PyTree, u0, n: int, t0=None, *, memory: str = "ful
     count_members(members)
     batched = _batched(members, u0)
     t0 = None if t0 is None else jnp.asarray(t0, jnp.result_type(float))
-    return _rollout_all(members, jnp.asarray(u0), t0, int(n), memory, batched)
+    if not shard:
+        return _rollout_all(members, jnp.asarray(u0), t0, int(n), memory, batched)
+    mesh = distributed.batch_mesh()
+    placed, m = distributed.shard_members(members, mesh)
+    u0, t0 = distributed.replicate((jnp.asarray(u0), t0), mesh)
+    out = _rollout_all(placed, u0, t0, int(n), memory, batched)
+    return distributed.unpad(distributed.to_local(out), m)
