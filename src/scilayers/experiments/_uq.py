@@ -9,10 +9,12 @@
     data order, with the method's training config and budget (no validation or early
     stopping). Model error correlated in time is an AR(1) process per state component,
     fitted to the members' one-step residuals on the validation trajectories (``|φ|``
-    clipped to 0.98)
-    (`scilayers.uq.fit_ar1`); every member is rolled out ``cfg.uq_samples`` times with it
-    (`scilayers.uq.ensemble_forecast`). The same error model is used out of domain, so
-    whether the intervals widen there is a property of the members, not of a refit.
+    clipped to 0.98; `scilayers.uq.fit_ar1`), its σ scaled so that the spread–skill ratio
+    at the main lead time is 1 on the validation trajectories (variance inflation tuned on
+    held-out data, recorded as ``error_model.calibration``); every member is rolled out
+    ``cfg.uq_samples`` times with it (`scilayers.uq.ensemble_forecast`). The same error
+    model is used out of domain, so whether the intervals widen there is a property of the
+    members, not of a refit.
 ``bayes``
     The NUTS posterior of θ_s of the trained ``hybrid_joint`` (seed of the first run;
     network weights fixed at their trained values), with the solver inside the likelihood
@@ -41,6 +43,7 @@ from ..distributed import agree, is_writer
 from ..hybrid import Hybrid, NeuralStepper
 from ..params import LogNormal, values
 from ..uq import (
+    AR1,
     ensemble_forecast,
     fit_ar1,
     init_members,
@@ -105,9 +108,39 @@ class _ErrorModel:
         self.per_component = fit_ar1(res, per_component=True, max_phi=0.98)
         self.pooled = fit_ar1(res, max_phi=0.98)
 
+        self.inflation = 1.0
+
     def on(self, shape: tuple[int, ...]):
         same = tuple(np.shape(self.per_component.phi)) == tuple(shape)
-        return self.per_component if same else self.pooled
+        base = self.per_component if same else self.pooled
+        return AR1(base.phi, self.inflation * base.sigma, base.mean)
+
+    def calibrate(self, models: list, problem: Problem, lead: int, dt: float, key) -> dict:
+        """Scale σ so that the spread–skill ratio at ``lead`` is 1 on the validation
+        trajectories (variance inflation tuned on held-out data, never on the test sets):
+        ``c² = (skill² − spread_members²) / spread_noise²``, clipped to ``[1/16, 16]``."""
+        val = np.asarray(problem.val)
+        lead = int(min(lead, val.shape[1] - 1))
+        starts = list(range(0, val.shape[1] - lead, max(1, lead // 2)))
+        u0 = jnp.asarray(np.concatenate([val[:, s] for s in starts]))
+        truth = np.concatenate([val[:, s + lead] for s in starts]).astype(np.float64)
+        t0 = None
+        if problem.val_t0 is not None and _timed(models[0]):
+            t0 = jnp.asarray(np.concatenate([np.asarray(problem.val_t0) + s * dt for s in starts]))
+        stacked = stack_members(models)
+        shape = tuple(val.shape[2:])
+        bare = np.asarray(ensemble_forecast(stacked, u0, lead, key, t0=t0).samples)[:, 0, :, -1]
+        noisy = np.asarray(ensemble_forecast(stacked, u0, lead, key, t0=t0, samples=4,
+                                             error=self.on(shape)).samples)[..., -1, :]  # fmt: skip
+        noisy = noisy.reshape(-1, *noisy.shape[2:])
+        skill2 = float(np.mean((bare.mean(0) - truth) ** 2))
+        members2 = float(np.mean(bare.var(0)))
+        noise2 = max(float(np.mean(noisy.var(0))) - members2, 1e-30)
+        c2 = float(np.clip((skill2 - members2) / noise2, 1 / 256, 256))
+        self.inflation = float(np.sqrt(c2))
+        return {"inflation": self.inflation, "lead": lead, "windows": int(u0.shape[0]),
+                "skill": skill2**0.5, "members_spread": members2**0.5,
+                "noise_spread": noise2**0.5}  # fmt: skip
 
     @property
     def phi(self):
@@ -115,7 +148,7 @@ class _ErrorModel:
 
     @property
     def sigma(self):
-        return self.per_component.sigma
+        return self.inflation * self.per_component.sigma
 
 
 def _timed(model) -> bool:
@@ -179,6 +212,7 @@ def _ensemble(study: AbstractStudy, problem: Problem, method: str, seed: int, pr
     if not models:
         raise ValueError(f"every {method} ensemble member diverged; see the training notes.")
     error = _ErrorModel(models, problem)
+    inflation = error.calibrate(models, problem, cfg.main_horizon, cfg.dt, _key("val", seed))
     t = time.perf_counter()
     sets, shown = _forecasts(study, problem, models, error, seed)
     theta = _with_truth(theta_spread(stack_members(models)), _true_theta(study))
@@ -187,7 +221,7 @@ def _ensemble(study: AbstractStudy, problem: Problem, method: str, seed: int, pr
     block["forecast_seconds"] = time.perf_counter() - t
     block["members"] = len(models)
     block["diverged_members"] = int(np.sum(res.diverged))
-    block["error_model"] = _ar1_summary(error)
+    block["error_model"] = dict(_ar1_summary(error), calibration=inflation)
     block["notes"] = list(res.notes)
     return block, shown
 
@@ -228,6 +262,7 @@ def _bayes(study: AbstractStudy, problem: Problem, seed: int, out: Path, progres
     )
     draws = post.models(cfg.uq_members)
     models = [member(draws, i) for i in range(cfg.uq_members)]
+    inflation = error.calibrate(models, problem, cfg.main_horizon, cfg.dt, _key("val", seed))
     t = time.perf_counter()
     sets, shown = _forecasts(study, problem, models, error, seed)
     block = uq_block(sets, lead=cfg.main_horizon, theta=post.summary(_true_theta(study)))
@@ -235,7 +270,7 @@ def _bayes(study: AbstractStudy, problem: Problem, seed: int, out: Path, progres
     block["forecast_seconds"] = time.perf_counter() - t
     block["divergences"] = int(post.divergences)
     block["members"] = cfg.uq_members
-    block["error_model"] = _ar1_summary(error)
+    block["error_model"] = dict(_ar1_summary(error), calibration=inflation)
     block["posterior_samples"] = {k: post.samples[..., i].reshape(-1).tolist()
                                   for i, k in enumerate(post.names)}  # fmt: skip
     return block, shown
