@@ -596,9 +596,12 @@ def run_study(study: AbstractStudy, seeds: list[int], out: Path, *, resume: bool
 
 
 def _identifiability(study: AbstractStudy, problem: Problem) -> dict | None:
-    """Fisher information of the free θ_s on (a slice of) the training data."""
+    """Fisher information of the free θ_s on (a slice of) the training data, at the
+    trajectories' times, from the measured components only (`Problem.observed`)."""
+    t0 = None if problem.train_t0 is None else np.asarray(problem.train_t0)[:16]
     try:
-        res = identifiability_of(study.physics(), jnp.asarray(problem.train[:16, :41]))
+        res = identifiability_of(study.physics(), jnp.asarray(problem.train[:16, :41]), t0=t0,
+                                 observed=problem.observed)  # fmt: skip
     except (ValueError, NotImplementedError):
         return None
     return res.to_dict()

@@ -102,8 +102,10 @@ def _rhs_prediction(step, physics):
 
 
 @eqx.filter_jit
-def _accumulate(physics, predictor, states, times, targets, method, batch_size):
-    """``(Σ_t J_tᵀ J_t, Σ_t |r_t|²)`` over ``states`` (at ``times``)."""
+def _accumulate(physics, predictor, states, times, targets, method, batch_size, observed=None):
+    """``(Σ_t J_tᵀ J_t, Σ_t |r_t|²)`` over ``states`` (at ``times``), on the ``observed``
+    components (flat indices) only when given."""
+    idx = None if observed is None else jnp.asarray(observed)
     if method == "step":
         sens_tree = forward_mode(physics)
 
@@ -123,7 +125,11 @@ def _accumulate(physics, predictor, states, times, targets, method, batch_size):
         u, t, target = x
         jac = sens(u, t)
         jm = jac.reshape(-1, jac.shape[-1])
-        return jm.T @ jm, jnp.sum((target - pred(u, t)) ** 2), jnp.sum(target**2)
+        r = (target - pred(u, t)).reshape(-1)
+        tg = target.reshape(-1)
+        if idx is not None:
+            jm, r, tg = jm[idx], r[idx], tg[idx]
+        return jm.T @ jm, jnp.sum(r**2), jnp.sum(tg**2)
 
     gram, res, tgt = jax.lax.map(one, (states, times, targets), batch_size=batch_size)
     return gram.sum(0), res.sum(), tgt.sum()
@@ -140,6 +146,7 @@ def identifiability(
     max_condition: float = 1e6,
     batch_size: int = 64,
     t0=None,
+    observed=None,
 ) -> Identifiability:
     r"""Fisher information of the free θ_s on training data, and what it says about them.
 
@@ -181,6 +188,8 @@ def identifiability(
     - `batch_size`: states per vectorised chunk (memory ``batch_size · N · p``).
     - `t0`: the time of each trajectory's first state (a number or one per trajectory;
       default 0); state ``k`` is at ``t0 + k·dt``. Matters for a time-dependent model.
+    - `observed`: flat indices of the measured components (the observation operator of
+      `TrainConfig.observed`; default ``None``: all): only they inform θ_s.
 
     **Returns:** an `Identifiability` (with ``to_dict()`` for JSON).
 
@@ -237,11 +246,12 @@ def identifiability(
     states = states.reshape(-1, *state_shape)
     targets = targets.reshape(-1, *state_shape)
     times = times.reshape(-1)
-    gram, res, tgt = _accumulate(physics, predictor, states, times, targets, method, batch_size)
+    gram, res, tgt = _accumulate(physics, predictor, states, times, targets, method, batch_size,
+                                 None if observed is None else tuple(observed))  # fmt: skip
     gram, res, tgt = np.asarray(gram, float), float(res), float(tgt)
 
     p, n_states = theta.shape[0], states.shape[0]
-    n_values = n_states * math.prod(state_shape)
+    n_values = n_states * (math.prod(state_shape) if observed is None else len(observed))
     if noise_std is None:
         var = max(res / max(n_values - p, 1), np.finfo(float).eps * tgt / n_values)
     else:
