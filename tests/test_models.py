@@ -262,3 +262,19 @@ def test_diffrax_stepper_matches_scipy(key):
         lambda t, x: _l96_loop(x, 8.0), (0, 0.5), u0, method="DOP853", rtol=1e-13, atol=1e-13
     ).y[:, -1]
     np.testing.assert_allclose(got, ref, rtol=1e-9, atol=1e-9)
+
+
+def test_physics_residual_metric_follows_the_params_of_each_model(key):
+    """`metrics.physics_residual` is compiled once per model structure; the θ_s of each
+    model passed still count (they are traced, not baked into the compiled program)."""
+    from scilayers import metrics as M
+    from scilayers.params import Param
+
+    traj = jax.random.normal(key, (3, 6, 16))
+    for a in (1.0, 2.0):
+        m = KuramotoSivashinsky(22.0, 16, a=Param(a, "positive"))
+        by_hand = np.mean([np.mean(np.asarray(m.residual(t, 0.1)) ** 2) for t in traj])
+        assert M.physics_residual(m, traj, 0.1) == pytest.approx(by_hand, rel=1e-5)
+    one = M.physics_residual(KuramotoSivashinsky(22.0, 16, a=Param(1.0, "positive")), traj, 0.1)
+    two = M.physics_residual(KuramotoSivashinsky(22.0, 16, a=Param(2.0, "positive")), traj, 0.1)
+    assert abs(one - two) > 1e-3 * one

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -56,9 +57,15 @@ def diverged_fraction(pred) -> float:
     return float((~np.isfinite(p).all(axis=1)).mean())
 
 
+@eqx.filter_jit
+def _residuals(model, trajectories, dt):
+    return jax.vmap(lambda tr: model.residual(tr, dt))(trajectories)
+
+
 def physics_residual(model, trajectories, dt: float) -> float:
-    """Mean squared residual ``F(ũ; θ_s)`` of ``model`` on ``(batch, time, *state)``."""
-    res = jax.jit(jax.vmap(lambda tr: model.residual(tr, dt)))(jnp.asarray(trajectories))
+    """Mean squared residual ``F(ũ; θ_s)`` of ``model`` on ``(batch, time, *state)``
+    (compiled once per model structure, not per call)."""
+    res = _residuals(model, jnp.asarray(trajectories), float(dt))
     return float(jnp.mean(res**2))
 
 
