@@ -7,7 +7,13 @@ import jax.numpy as jnp
 from jaxtyping import Array, Complex, Float
 
 from ..params import Param, Positive
-from ._base import AbstractSpectralModel, _check_grid, _param, _point_derivatives
+from ._base import (
+    AbstractSpectralModel,
+    _check_grid,
+    _param,
+    _point_derivatives,
+    times_ik,
+)
 
 
 class KuramotoSivashinsky(AbstractSpectralModel):
@@ -68,12 +74,12 @@ class KuramotoSivashinsky(AbstractSpectralModel):
             u_hat = u_hat * mask
         if u is None or mask is not None:
             u = jnp.fft.irfft(u_hat, self.n)
-        ik = 1j * self.wavenumbers()
+        k = self.wavenumbers()
         flux = -0.5 * self.c.value * u * u
         if self.e is not None:
-            ux = jnp.fft.irfft(ik * u_hat, self.n)
+            ux = jnp.fft.irfft(times_ik(k, u_hat), self.n)
             flux = flux + self.e.value * ux * ux
-        return ik * jnp.fft.rfft(flux)
+        return times_ik(k, jnp.fft.rfft(flux))
 
     def pde_residual(self, derivs) -> Float[Array, ""]:
         r"""``u_t + c u u_x + a u_xx + b u_xxxx + d u_xxx - e (u_x²)_x`` at one point (0 for
@@ -121,7 +127,7 @@ class Burgers(AbstractSpectralModel):
             u_hat = u_hat * mask
         if u is None or mask is not None:
             u = jnp.fft.irfft(u_hat, self.n)
-        return -0.5j * self.wavenumbers() * jnp.fft.rfft(u * u)
+        return times_ik(-0.5 * self.wavenumbers(), jnp.fft.rfft(u * u))
 
     def pde_residual(self, derivs) -> Float[Array, ""]:
         r"""``u_t + u u_x - ν u_xx + δ u_xxx`` at one point (0 for a solution); `derivs` is

@@ -5,6 +5,7 @@ from __future__ import annotations
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+from jax.custom_derivatives import SymbolicZero
 from jaxtyping import Array, Complex, Float
 
 from .._typing import ScalarLike
@@ -43,11 +44,71 @@ def etdrk4_coefficients(
     return jnp.exp(hl), jnp.exp(hl / 2), q, f1, f2, f3
 
 
+def _stage_coefficients(coefficients: tuple) -> tuple:
+    """The coefficients one ETDRK4 step multiplies by, from `etdrk4_coefficients`'
+    ``(E, E2, Q, f1, f2, f3)``: ``(E, E2, Q, f1, 2 f2, f3, E2 Q - Q)``.
+
+    The last one writes the third stage ``c = E2 a + Q (2 N_b - N_v)`` as
+    ``E v + (E2 Q - Q) N_v + 2 Q N_b`` (``E2 a = E v + E2 Q N_v``), so that no stage value
+    has to be kept for a later stage and a dealiasing mask can be folded into each stage's
+    coefficients. Computed once per trajectory (`ETDRK4.prepare`), not per step.
+    """
+    e, e2, q, f1, f2, f3 = coefficients
+    return e, e2, q, f1, 2 * f2, f3, e2 * q - q
+
+
+def _lincomb(*terms):
+    """``Σ c_i ⊙ z_i`` of complex spectra ``z_i``.
+
+    With real coefficients (a real linear symbol) the sums are taken on the real and
+    imaginary parts separately: XLA would otherwise promote each real coefficient to a
+    complex number and pay a full complex product (four products and two sums instead of
+    two products). These combinations are most of a step's work besides the FFTs.
+    """
+    coefficients, spectra = zip(*terms, strict=True)
+    if any(jnp.iscomplexobj(c) for c in coefficients):
+        return sum(c * z for c, z in terms)
+    return _real_lincomb(coefficients, spectra)
+
+
+@jax.custom_jvp
+def _real_lincomb(coefficients, spectra):
+    re = sum(c * jnp.real(z) for c, z in zip(coefficients, spectra, strict=True))
+    im = sum(c * jnp.imag(z) for c, z in zip(coefficients, spectra, strict=True))
+    return jax.lax.complex(re, im)
+
+
+def _real_lincomb_jvp(primals, tangents):
+    # The tangent in complex arithmetic: its linearisation keeps each spectrum ``z_i``
+    # (one complex array) for the backward pass, where the real-arithmetic primal would
+    # keep ``Re z_i`` and ``Im z_i`` separately — twice the residual arrays to store per
+    # step. The primal stays the cheap real-arithmetic one.
+    coefficients, spectra = primals
+    dcoefficients, dspectra = tangents
+    out = _real_lincomb(coefficients, spectra)
+    pairs = zip(dcoefficients, spectra, strict=True)
+    terms = [dc * z for dc, z in pairs if type(dc) is not SymbolicZero]
+    pairs = zip(coefficients, dspectra, strict=True)
+    terms += [c * dz for c, dz in pairs if type(dz) is not SymbolicZero]
+    dout = sum(terms) if terms else jnp.zeros_like(out)
+    return out, dout.astype(out.dtype)
+
+
+_real_lincomb.defjvp(_real_lincomb_jvp, symbolic_zeros=True)
+
+
 def _etdrk4_step(model, dealias, coefficients, carry, t=0.0, dt=None):
-    """One ETDRK4 step of ``model`` from time ``t`` on the carried ``(û, u)`` with the given
-    coefficients. The non-stiff part ``N(t, u)`` is evaluated at the stage times of Cox &
-    Matthews: ``t`` (at ``u_n``), ``t + dt/2`` (at ``a`` and ``b``) and ``t + dt`` (at
-    ``c``); an autonomous model ignores them (and ``dt`` may then be left out)."""
+    """One ETDRK4 step of ``model`` from time ``t`` on the carried ``(û, u)`` with the
+    coefficients of `_stage_coefficients`. The non-stiff part ``N(t, u)`` is evaluated at
+    the stage times of Cox & Matthews: ``t`` (at ``u_n``), ``t + dt/2`` (at ``a`` and
+    ``b``) and ``t + dt`` (at ``c``); an autonomous model ignores them (and ``dt`` may then
+    be left out).
+
+    Work per step: four nonlinear evaluations (for KS one inverse and one forward real FFT
+    each, the first on the carried ``u``) and one inverse FFT for the new ``u``, which is
+    the next step's first evaluation point: 8 real FFTs; one more with dealiasing. Between
+    the FFTs, one fused combination per stage, in real arithmetic for a real symbol.
+    """
     if dt is None:
         if not model.autonomous:
             raise ValueError(
@@ -56,16 +117,25 @@ def _etdrk4_step(model, dealias, coefficients, carry, t=0.0, dt=None):
             )
         dt = 0.0
     v, u = carry
-    e, e2, q, f1, f2, f3 = coefficients
+    e, e2, q, f1, f2x2, f3, qc = coefficients
     mask = None if dealias is None else model.dealias_mask(dealias)
+    ea, e2a, qa, qca = e, e2, q, qc
+    stage_mask = mask
+    if mask is not None and model.autonomous:
+        # An autonomous nonlinearity sees only the dealiased stage value
+        # (N̂(ŵ, mask) = N̂(mask ⊙ ŵ)): fold the mask into the stage coefficients, so each
+        # stage value is formed dealiased. A time-dependent source sees the whole stage
+        # value, so for such a model the stage value stays whole and the mask is passed on.
+        ea, e2a, qa, qca = mask * e, mask * e2, mask * q, mask * qc
+        stage_mask = None
     nv = model.nonlinear_hat_at(t, v, mask, u)
-    a = e2 * v + q * nv
-    na = model.nonlinear_hat_at(t + 0.5 * dt, a, mask)
-    b = e2 * v + q * na
-    nb = model.nonlinear_hat_at(t + 0.5 * dt, b, mask)
-    c = e2 * a + q * (2 * nb - nv)
-    nc = model.nonlinear_hat_at(t + dt, c, mask)
-    v = e * v + f1 * nv + 2 * f2 * (na + nb) + f3 * nc
+    a = _lincomb((e2a, v), (qa, nv))
+    na = model.nonlinear_hat_at(t + 0.5 * dt, a, stage_mask)
+    b = _lincomb((e2a, v), (qa, na))
+    nb = model.nonlinear_hat_at(t + 0.5 * dt, b, stage_mask)
+    c = _lincomb((ea, v), (qca, nv), (2 * qa, nb))
+    nc = model.nonlinear_hat_at(t + dt, c, stage_mask)
+    v = _lincomb((e, v), (f1, nv), (f2x2, na + nb), (f3, nc))
     return v, jnp.fft.irfft(v, model.n)
 
 
@@ -83,8 +153,11 @@ class ETDRK4(AbstractStepper):
     time dependence. The linear part is integrated exactly; the φ-function coefficients
     are built from the model's current θ_s on every call (so ``jax.grad`` reaches e.g.
     KS's ``a, b, c, d``).
-    Ten real FFTs per step: one into and one out of Fourier space, two per nonlinear
-    evaluation. `rollout` computes the coefficients once per trajectory (`prepare`).
+    A call ``step(u, t)`` does ten real FFTs for KS (one into and one out of Fourier
+    space, two per nonlinear evaluation); `rollout` carries ``(û, u)`` between steps
+    (`init_carry`), which makes it eight — the two of each of the four nonlinear
+    evaluations, nothing else (nine with dealiasing) — and computes the coefficients once
+    per trajectory (`prepare`).
 
     **Arguments:**
 
@@ -128,7 +201,7 @@ class ETDRK4(AbstractStepper):
         (see `_PreparedETDRK4`).
         """
         lin = self.model.linear_operator()
-        return _PreparedETDRK4(self, lin, self.coefficients_for(lin))
+        return _PreparedETDRK4(self, lin, _stage_coefficients(self.coefficients_for(lin)))
 
     def init_carry(self, u):
         """The state carried between steps by `rollout`: ``(û, u)``, so that no step needs
@@ -142,7 +215,7 @@ class ETDRK4(AbstractStepper):
 
     def step_carry(self, carry, t: ScalarLike = 0.0):
         """One step from time ``t`` on the carried ``(û, u)``; returns the new carry."""
-        coefficients = self.coefficients_for(self.model.linear_operator())
+        coefficients = _stage_coefficients(self.coefficients_for(self.model.linear_operator()))
         return _etdrk4_step(self.model, self.dealias, coefficients, carry, t, self.dt)
 
     def __call__(self, u: Float[Array, " n"], t: ScalarLike = 0.0) -> Float[Array, " n"]:
@@ -231,7 +304,11 @@ class _PreparedETDRK4(AbstractStepper):
         if stale is None:
             coefficients = self._check(self.coefficients, lin)
         else:
-            coefficients = self.stepper.coefficients_for(lin) if stale else self.coefficients
+            coefficients = (
+                _stage_coefficients(self.stepper.coefficients_for(lin))
+                if stale
+                else self.coefficients
+            )
         carry = _init_carry(u)
         return _etdrk4_step(self.model, self.stepper.dealias, coefficients, carry, t, self.dt)[1]
 

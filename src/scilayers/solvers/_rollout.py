@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
 import numpy as np
+from jax.custom_derivatives import SymbolicZero
 from jaxtyping import PyTree
 
 from .._typing import ScalarLike
@@ -107,6 +108,56 @@ def _recursive_blocks(n: int, base: int) -> tuple[int, ...]:
     return tuple(base**i for i in range(levels, 0, -1))
 
 
+@jax.custom_jvp
+def _per_trajectory(x, like):
+    """``x`` itself, with a tangent that depends on the trajectory (see
+    `_per_trajectory_tangents`)."""
+    return x
+
+
+def _per_trajectory_jvp(primals, tangents):
+    x, like = primals
+    dx, _ = tangents
+    if type(dx) is SymbolicZero:  # not differentiated: nothing to accumulate
+        return x, dx
+    zero = jnp.where(like == like, 0, 0).astype(dx.dtype)  # a zero that depends on `like`
+    return x, dx + zero
+
+
+_per_trajectory.defjvp(_per_trajectory_jvp, symbolic_zeros=True)
+
+
+def _per_trajectory_tangents(step, u0):
+    """``step`` with the same values, but each small array leaf's tangent made to depend on
+    the trajectory ``u0``.
+
+    Under ``jax.vmap`` over trajectories, a parameter shared by the batch (θ_s, a spectral
+    stepper's coefficients) gets its cotangent reduced over the batch at every step of the
+    backward scan: several small reductions per step, which dominate the cost of a θ_s
+    gradient at moderate batch sizes. With a per-trajectory tangent, the backward scan
+    accumulates each trajectory's cotangent elementwise (fused with the rest of the step's
+    backward pass) and the batch reduction happens once, after the scan. Only the primal
+    computation of a differentiated rollout changes shape (the shared parameters are
+    broadcast to the batch once); an undifferentiated rollout is untouched.
+
+    Only vectors and scalars no larger than one state are tagged: accumulating network
+    weights per trajectory would cost ``batch × size`` memory and turn the weight gradient
+    of a convolution into per-trajectory convolutions.
+    """
+    leaves = [x for x in jtu.tree_leaves(u0) if eqx.is_inexact_array(x) and x.size]
+    if not leaves or not isinstance(step, eqx.Module):
+        return step
+    like = jnp.ravel(leaves[0])[0]
+    size = sum(x.size for x in leaves)
+
+    def tag(x):
+        if eqx.is_inexact_array(x) and x.ndim <= 1 and x.size <= size:
+            return _per_trajectory(x, like)
+        return x
+
+    return jtu.tree_map(tag, step)
+
+
 def _first_nonfinite(traj) -> int | None:
     leaves = [np.asarray(x) for x in jtu.tree_leaves(traj)]
     bad = np.zeros(leaves[0].shape[0], dtype=bool)
@@ -201,6 +252,7 @@ def rollout(
     prepare = getattr(step, "prepare", None)
     if prepare is not None:  # θ_s-dependent coefficients once per trajectory, not per step
         step = prepare()
+    step = _per_trajectory_tangents(step, u0)  # cheaper θ_s gradients of vmapped rollouts
     if timed:
         dtype = jnp.result_type(float)
         start = jnp.zeros((), dtype) if t0 is None else jnp.asarray(t0, dtype)
