@@ -194,16 +194,22 @@ def test_bench_hands_over_and_strict_fails(monkeypatch, tmp_path):
 
     seen = {}
 
-    def fake(quick, out):
-        seen.update(quick=quick, out=out)
+    def fake(quick, out, only=None):
+        seen.update(quick=quick, out=out, only=only)
         return {"all_passed": False}
 
     monkeypatch.setattr(bench, "run_benchmarks", fake)
     out = tmp_path / "r.json"
     assert runner.invoke(app, ["bench", "--quick", "--out", str(out)]).exit_code == 0
-    assert seen == {"quick": True, "out": out}
+    assert seen == {"quick": True, "out": out, "only": None}
+    assert runner.invoke(app, ["bench", "--only", "ks", "--out", str(out)]).exit_code == 0
+    assert seen["only"] == "ks"
     assert runner.invoke(app, ["bench", "--strict", "--out", str(out)]).exit_code == 1
     assert runner.invoke(app, ["bench", "--out", str(tmp_path)]).exit_code == 2
+    # an unknown stage is a one-line error naming the stages, before anything runs
+    seen.clear()
+    res = runner.invoke(app, ["bench", "--only", "stepn64", "--out", str(out)])
+    assert res.exit_code == 2 and "step_n64" in res.output and not seen
 
 
 def test_bench_table_renders(tmp_path):
@@ -223,3 +229,45 @@ def test_bench_table_renders(tmp_path):
     console.print(results_table(results))
     text = console.export_text()
     assert "PASS" in text and "n/a" in text and "0.50x" in text
+
+
+def test_bench_figure_is_the_median_of_interleaved_reps_with_its_spread():
+    """A speed figure is the median of the per-repetition ratios, shown with its spread and
+    the number of repetitions within the target: one slow repetition moves neither the
+    figure nor the verdict."""
+    import numpy as np
+    from rich.console import Console
+
+    from scilayers._bench import _ratio_figure, environment, results_table
+
+    ours = np.array([1.0, 1.1, 1.2, 5.0, 1.05])  # one repetition hit by load
+    fig = _ratio_figure("k", "k. thing", ours, np.ones(5), "ms", "ref", 1.15, scale=1e3)
+    assert fig.ratio == pytest.approx(1.1) and fig.passed
+    assert (fig.within, fig.repeats) == (3, 5)
+    assert fig.ratio_spread["q25"] == pytest.approx(1.05)
+    assert fig.ratio_spread["q75"] == pytest.approx(1.2)
+    assert fig.spread["value"]["max"] == pytest.approx(5000.0)
+    console = Console(width=200, record=True)
+    console.print(results_table({"quick": False, "environment": environment(),
+                                 "figures": [fig.__dict__]}))  # fmt: skip
+    text = console.export_text()
+    assert "1.10x" in text and "1.05–1.20" in text and "3/5" in text and "1,000–5,000" in text
+
+
+def test_bench_stage_selection_and_cpu_reference(tmp_path):
+    """`--only` names stages or the 'ks' group; the CPU reference file keeps one entry per
+    figure and size, merged across runs."""
+    from scilayers._bench import Figure, environment, select_stages, update_reference
+
+    assert select_stages("ks") == ("step_n64", "step_n256", "grad")
+    assert select_stages("grad, memory") == ("grad", "memory")
+    with pytest.raises(ValueError, match="unknown benchmark stage"):
+        select_stages("grad,nope")
+    env = environment()
+    path = tmp_path / "cpu_reference.json"
+    one = Figure("a", "a. x", 2.0, "us/step", 1.0, "floor", 2.0, 1.15, "<= 1.15x", False)
+    two = Figure("b", "b. y", 3.0, "ms", 1.5, "forward", 2.0, 3.0, "<= 3x", True)
+    update_reference(path, {"quick": False, "environment": env, "figures": [one.__dict__]})
+    ref = update_reference(path, {"quick": True, "environment": env, "figures": [two.__dict__]})
+    assert set(ref["figures"]) == {"a", "b@quick"}
+    assert ref["figures"]["a"]["value"] == 2.0 and ref["figures"]["b@quick"]["reference"] == 1.5

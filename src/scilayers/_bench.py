@@ -1,9 +1,11 @@
 """The benchmark suite behind `scilayers bench` and `benchmarks/run.py`.
 
-Every speed target is a *ratio* of two timings taken in the same process, interleaved
-repeat by repeat, so that machine load shifts both sides alike. Each timing compiles first,
-warms up, then takes the median over repeats of a jitted call that runs a ``lax.scan`` of
-many steps and ends with ``block_until_ready``.
+Every speed target is a *ratio* of two timings taken in the same process. The candidates
+of a figure are timed interleaved (A, B, A, B, …, at least five repetitions, after
+compilation and warm-up), so that a burst of load on a shared machine hits both alike; the
+figure is the median over repetitions of the per-repetition ratio, shown with its spread
+(interquartile range and min–max) and with how many repetitions met the target. Each timed
+call is a jitted ``lax.scan`` of many steps ending with ``block_until_ready``.
 """
 
 from __future__ import annotations
@@ -32,7 +34,12 @@ from .solvers import rollout
 @dataclass
 class Figure:
     """One benchmark figure: our value, the reference it is compared with, the ratio and
-    the target on that ratio (or on the value itself when there is no reference)."""
+    the target on that ratio (or on the value itself when there is no reference).
+
+    Values are medians over the interleaved repetitions; ``spread`` holds the quantiles of
+    ``value`` and ``reference`` (same unit), ``ratio_spread`` those of the per-repetition
+    ratio, and ``within`` how many repetitions met the target, out of ``repeats``.
+    """
 
     key: str
     label: str
@@ -46,6 +53,10 @@ class Figure:
     passed: bool | None = None
     note: str = ""
     details: dict[str, Any] = field(default_factory=dict)
+    spread: dict[str, dict[str, float]] | None = None
+    ratio_spread: dict[str, float] | None = None
+    within: int | None = None
+    repeats: int | None = None
 
 
 # --------------------------------------------------------------------------- timing helpers
@@ -61,14 +72,18 @@ def time_samples(
     Every function is called ``warmup`` times first (compilation and caches). Then, for each
     repeat, each function in turn is called ``number`` times back to back and blocked on; the
     time divided by ``number`` is one sample. Interleaving makes a burst of load on the
-    machine hit all candidates alike, so ratios of medians stay meaningful.
+    machine hit all candidates alike, so per-repetition ratios stay meaningful; the order is
+    reversed every other repetition (A, B, …, B, A, …), so that no candidate always runs
+    first after a pause. Many short repetitions beat a few long ones on a shared machine:
+    a burst of load then spoils few pairs, and the median ignores them.
     """
     for f in fns.values():
         for _ in range(warmup):
             _block(f())
     samples: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, f in fns.items():
+    order = list(fns.items())
+    for rep in range(repeats):
+        for k, f in order if rep % 2 == 0 else order[::-1]:
             t0 = time.perf_counter()
             out = None
             for _ in range(number):
@@ -85,27 +100,46 @@ def median_times(
     return {k: float(np.median(v)) for k, v in time_samples(fns, repeats, number, warmup).items()}
 
 
+def quantiles(x, scale: float = 1.0) -> dict[str, float]:
+    """min, quartiles, median and max of the samples ``x`` (times ``scale``)."""
+    x = np.asarray(x, dtype=float) * scale
+    q = np.percentile(x, [0, 25, 50, 75, 100])
+    return dict(zip(("min", "q25", "median", "q75", "max"), (float(v) for v in q), strict=True))
+
+
 def _spread(samples: dict[str, np.ndarray], scale: float = 1.0) -> dict[str, dict[str, float]]:
-    """min / quartiles of each sample set, to show how noisy the machine was."""
-    return {
-        k: {
-            "min": float(v.min() * scale),
-            "q25": float(np.percentile(v, 25) * scale),
-            "median": float(np.median(v) * scale),
-            "q75": float(np.percentile(v, 75) * scale),
-        }
-        for k, v in samples.items()
-    }
+    """The quantiles of each sample set (`quantiles`), to show how noisy the machine was."""
+    return {k: quantiles(v, scale) for k, v in samples.items()}
 
 
-def _ratio_figure(key, label, value, unit, ref, ref_label, target, note="", scale=1.0, **details):
-    ratio = value / ref
+def _ratio_figure(key, label, ours, ref, unit, ref_label, target, note="", scale=1.0, **details):
+    """A figure from interleaved samples ``ours`` and ``ref`` (seconds, same length): the
+    median per-repetition ratio against ``target``, with spreads. Scalars (a measurement
+    that does not vary, such as compiled memory) give a figure without spreads."""
+    ours, ref = np.asarray(ours, dtype=float), np.asarray(ref, dtype=float)
+    ratios = ours / ref
+    ratio = float(np.median(ratios))
+    if ratios.ndim == 0:
+        return Figure(
+            key=key,
+            label=label,
+            value=float(ours) * scale,
+            unit=unit,
+            reference=float(ref) * scale,
+            reference_label=ref_label,
+            ratio=ratio,
+            target=target,
+            target_text=f"<= {target:g}x",
+            passed=bool(ratio <= target),
+            note=note,
+            details=details,
+        )
     return Figure(
         key=key,
         label=label,
-        value=value * scale,
+        value=float(np.median(ours)) * scale,
         unit=unit,
-        reference=ref * scale,
+        reference=float(np.median(ref)) * scale,
         reference_label=ref_label,
         ratio=ratio,
         target=target,
@@ -113,6 +147,10 @@ def _ratio_figure(key, label, value, unit, ref, ref_label, target, note="", scal
         passed=bool(ratio <= target),
         note=note,
         details=details,
+        spread={"value": quantiles(ours, scale), "reference": quantiles(ref, scale)},
+        ratio_spread=quantiles(ratios),
+        within=int(np.sum(ratios <= target)),
+        repeats=len(ratios),
     )
 
 
@@ -128,11 +166,37 @@ def _ours_rollout(step, u0, steps: int):
 
 
 @eqx.filter_jit
+def _ours_step_scan(step, u0, steps: int):
+    """``steps`` steps of the (prepared) stepper on the batch, as `rollout` takes them
+    (``init_carry`` once, then ``step_carry``), in a bare ``lax.scan`` that stores the state
+    after every step: the same harness as `_fft_floor`, so the two differ only by the
+    step's work."""
+    prepared = step.prepare()
+    carry = jax.vmap(prepared.init_carry)(u0)
+
+    def body(c, _):
+        c = jax.vmap(prepared.step_carry)(c)
+        return c, prepared.carry_output(c)
+
+    return jax.lax.scan(body, carry, None, length=steps)[1]
+
+
+FLOOR_FFTS = 4
+"""Round trips ``irfft(rfft(·))`` per step in the FFT floor: an ETDRK4 step makes four
+evaluations of the KS nonlinearity, each one inverse FFT of the stage value and one forward
+FFT of ``u²``. That is all the FFTs it needs: the inverse FFT of the new state is the next
+step's first stage value, carried over (`ETDRK4.init_carry`)."""
+
+
+@eqx.filter_jit
 def _fft_floor(u0, steps: int):
+    """The FFT floor: per step, exactly the real FFTs an ETDRK4 KS step must do
+    (`FLOOR_FFTS` inverse and forward FFTs on the batch), nothing else, in the same scan
+    harness as `_ours_step_scan` (the state stored after every step)."""
     n = u0.shape[-1]
 
     def body(u, _):
-        for _ in range(5):
+        for _ in range(FLOOR_FFTS):
             u = jnp.fft.irfft(jnp.fft.rfft(u, axis=-1), n, axis=-1)
         return u, u
 
@@ -148,7 +212,8 @@ def _exponax_rollout(stepper, u0, steps: int):
 
 
 def bench_step(n: int, batch: int, steps: int, repeats: int, dt: float = 0.05):
-    """(a) batch rollout step time: ours vs the bare FFT floor and vs Exponax."""
+    """(a) batch KS step time: our ETDRK4 step vs the bare FFT floor, and our rollout vs
+    Exponax's (with and without 2/3 dealiasing). All five programs are timed interleaved."""
     import exponax
 
     length = 22.0 * n / 64  # same dx as the reference KS setup (L = 22 on 64 points)
@@ -166,21 +231,23 @@ def bench_step(n: int, batch: int, steps: int, repeats: int, dt: float = 0.05):
     ex_off, ex_da = ex(None), ex(2 / 3)
     u0c = u0[:, None, :]
     fns = {
-        "ours": lambda: _ours_rollout(ours, u0, steps),
-        "ours_dealias": lambda: _ours_rollout(ours_da, u0, steps),
+        "step": lambda: _ours_step_scan(ours, u0, steps),
         "fft_floor": lambda: _fft_floor(u0, steps),
+        "rollout": lambda: _ours_rollout(ours, u0, steps),
         "exponax": lambda: _exponax_rollout(ex_off, u0c, steps),
+        "rollout_dealias": lambda: _ours_rollout(ours_da, u0, steps),
         "exponax_dealias": lambda: _exponax_rollout(ex_da, u0c, steps),
     }
-    # sanity: both solvers compute the same trajectory (same equation, scheme and dt)
+    # sanity: both solvers compute the same trajectory (same equation, scheme and dt), and
+    # the bare-scan step is the rollout's
     a = np.asarray(_ours_rollout(ours, u0[:4], 20))
     b = np.asarray(_exponax_rollout(ex_off, u0c[:4], 20))[:, :, 0]
+    c = np.swapaxes(np.asarray(_ours_step_scan(ours, u0[:4], 20)), 0, 1)
     agree = float(np.max(np.abs(a - b)) / np.max(np.abs(a)))
+    same = float(np.max(np.abs(a[:, 1:] - c)) / np.max(np.abs(a)))
     samples = time_samples(fns, repeats)
-    t = {k: float(np.median(v)) / steps for k, v in samples.items()}
-    spread = _spread(samples, 1e6 / steps)
-    us = 1e6
-    setting = f"B={batch}, L={length:g}, dt={dt:g}, {steps}-step scan"
+    us = 1e6 / steps  # seconds per call -> microseconds per step
+    setting = f"B={batch}, L={length:g}, dt={dt:g}, {steps}-step scan, {repeats} interleaved reps"
     common = dict(
         batch=batch,
         n=n,
@@ -188,57 +255,52 @@ def bench_step(n: int, batch: int, steps: int, repeats: int, dt: float = 0.05):
         dt=dt,
         scan_steps=steps,
         repeats=repeats,
-        seconds_per_step={k: v for k, v in t.items()},
+        us_per_step=_spread(samples, us),
         max_rel_diff_vs_exponax=agree,
-        us_per_step_spread=spread,
-        ratio_of_minima={
-            "ours/fft_floor": spread["ours"]["min"] / spread["fft_floor"]["min"],
-            "ours/exponax": spread["ours"]["min"] / spread["exponax"]["min"],
-            "ours_dealias/exponax_dealias": spread["ours_dealias"]["min"]
-            / spread["exponax_dealias"]["min"],
-        },
+        max_rel_diff_step_scan_vs_rollout=same,
+        rollout_over_step=quantiles(samples["rollout"] / samples["step"]),
     )
     figs = [
         _ratio_figure(
             f"step_n{n}_vs_fft_floor",
             f"a. KS step N={n}: ours vs FFT floor",
-            t["ours"],
+            samples["step"],
+            samples["fft_floor"],
             "us/step",
-            t["fft_floor"],
-            "5 rfft + 5 irfft",
+            f"{FLOOR_FFTS} rfft + {FLOOR_FFTS} irfft",
             1.15,
             scale=us,
-            note=f"{setting}; no dealiasing",
+            note=f"{setting}; ETDRK4 step (prepared, carried (û, u)) vs the {2 * FLOOR_FFTS} "
+            "FFTs it must do, same scan; no dealiasing",
             **common,
         ),
         _ratio_figure(
             f"step_n{n}_vs_exponax",
-            f"a. KS step N={n}: ours vs Exponax",
-            t["ours"],
+            f"a. KS rollout N={n}: ours vs Exponax",
+            samples["rollout"],
+            samples["exponax"],
             "us/step",
-            t["exponax"],
             "Exponax ETDRK4",
             0.85,
             scale=us,
-            note=f"{setting}; dealiasing off in both",
+            note=f"{setting}; vmapped rollouts, dealiasing off in both",
             **common,
         ),
         _ratio_figure(
             f"step_n{n}_vs_exponax_dealias",
-            f"a. KS step N={n}: ours vs Exponax, 2/3 rule",
-            t["ours_dealias"],
+            f"a. KS rollout N={n}: ours vs Exponax, 2/3 rule",
+            samples["rollout_dealias"],
+            samples["exponax_dealias"],
             "us/step",
-            t["exponax_dealias"],
             "Exponax ETDRK4",
             0.85,
             scale=us,
-            note=f"{setting}; 2/3 dealiasing in both",
+            note=f"{setting}; vmapped rollouts, 2/3 dealiasing in both",
             **common,
         ),
     ]
-    diag = {
-        f"n{n}": {"ours_us_per_step": t["ours"] * us, "fft_floor_us_per_step": t["fft_floor"] * us}
-    }
+    med = {k: float(np.median(v)) * us for k, v in samples.items()}
+    diag = {f"n{n}_us_per_step_median": med}
     return figs, diag
 
 
@@ -276,7 +338,7 @@ def bench_grad(batch: int, steps: int, repeats: int, number: int, n: int = 64):
 
     # diagnostic: the gradient with respect to the initial state only (θ_s held fixed)
     u0_grad = jax.jit(jax.grad(loss, argnums=1))
-    t = median_times(
+    samples = time_samples(
         {
             "forward": lambda: fwd(params, u0, ref),
             "grad": lambda: grad(params, u0, ref),
@@ -291,22 +353,25 @@ def bench_grad(batch: int, steps: int, repeats: int, number: int, n: int = 64):
     fig = _ratio_figure(
         "grad_vs_forward",
         f"b. gradient of a {steps}-step rollout loss",
-        t["grad"],
+        samples["grad"],
+        samples["forward"],
         "ms",
-        t["forward"],
         "forward",
         3.0,
         scale=ms,
         note=f"d(loss)/dθ_s, B={batch}, N={n}, ETDRK4 dt=0.25, memory='full', MSE to a "
-        "reference trajectory",
-        seconds=t,
-        fft_floor_grad_vs_forward=t["floor_grad"] / t["floor_forward"],
+        f"reference trajectory; {repeats} interleaved reps of {number} calls",
+        ms=_spread(samples, ms),
+        fft_floor_grad_vs_forward=quantiles(samples["floor_grad"] / samples["floor_forward"]),
+        u0_only_grad_vs_forward=quantiles(samples["u0_grad"] / samples["forward"]),
     )
     diag = {
-        "forward_ms": t["forward"] * ms,
-        "grad_ms": t["grad"] * ms,
-        "fft_floor_grad_vs_forward": t["floor_grad"] / t["floor_forward"],
-        "u0_only_grad_vs_forward": t["u0_grad"] / t["forward"],
+        "forward_ms": float(np.median(samples["forward"])) * ms,
+        "grad_ms": float(np.median(samples["grad"])) * ms,
+        "fft_floor_grad_vs_forward": float(
+            np.median(samples["floor_grad"] / samples["floor_forward"])
+        ),
+        "u0_only_grad_vs_forward": float(np.median(samples["u0_grad"] / samples["forward"])),
     }
     return [fig], diag
 
@@ -488,8 +553,10 @@ def bench_train_step(batch: int = 32, horizon: int = 20, repeats: int = 10):
         hyper = dict(loss_weights(tc), lr_scale=jnp.asarray(1.0))
         return lambda: f(trainable, opt, static, data, jax.random.key(0), hyper)
 
-    t = median_times({"hybrid": make(hybrid), "physics": make(physics)}, repeats)
+    samples = time_samples({"hybrid": make(hybrid), "physics": make(physics)}, repeats)
+    t = {k: float(np.median(v)) for k, v in samples.items()}
     ms = 1e3
+    target = 100.0
     fig = Figure(
         key="joint_train_step",
         label="e. joint training step (KS hybrid)",
@@ -497,63 +564,101 @@ def bench_train_step(batch: int = 32, horizon: int = 20, repeats: int = 10):
         unit="ms",
         reference=t["physics"] * ms,
         reference_label="physics-only step",
-        ratio=t["hybrid"] / t["physics"],
-        target=100.0,
-        target_text="<= 100 ms",
-        passed=bool(t["hybrid"] * ms <= 100.0),
+        ratio=float(np.median(samples["hybrid"] / samples["physics"])),
+        target=target,
+        target_text=f"<= {target:g} ms",
+        passed=bool(t["hybrid"] * ms <= target),
         note=f"B={batch}, {horizon}-step unroll, N={setup['n']}, odd closure CNN width "
         f"{setup['closure_width']} in each of ETDRK4's 4 nonlinear evaluations, KS-odd "
-        f"projection (2 network calls each)",
+        f"projection (2 network calls each); {repeats} interleaved reps",
         details={"seconds": t},
+        spread={
+            "value": quantiles(samples["hybrid"], ms),
+            "reference": quantiles(samples["physics"], ms),
+        },
+        ratio_spread=quantiles(samples["hybrid"] / samples["physics"]),
+        within=int(np.sum(samples["hybrid"] * ms <= target)),
+        repeats=repeats,
     )
     return [fig], {"hybrid_ms": t["hybrid"] * ms, "physics_ms": t["physics"] * ms}
+
+
+STAGES = ("step_n64", "step_n256", "grad", "memory", "data", "train_step")
+"""The stages of the suite, in order; ``only=`` picks a subset (``ks`` names the KS speed
+stages ``step_n64``, ``step_n256`` and ``grad``)."""
+
+_STAGE_GROUPS = {"ks": ("step_n64", "step_n256", "grad")}
+
+
+def select_stages(only) -> tuple[str, ...]:
+    if only is None:
+        return STAGES
+    names = [only] if isinstance(only, str) else list(only)
+    names = [n.strip() for name in names for n in name.split(",") if n.strip()]
+    picked = {s for n in names for s in _STAGE_GROUPS.get(n, (n,))}
+    unknown = sorted(picked - set(STAGES))
+    if unknown or not picked:
+        raise ValueError(
+            f"unknown benchmark stage(s) {unknown or names}; choose from "
+            f"{', '.join(STAGES)} or {', '.join(_STAGE_GROUPS)}."
+        )
+    return tuple(s for s in STAGES if s in picked)
 
 
 def run_benchmarks(
     quick: bool = False,
     out: str | os.PathLike | None = "benchmarks/results.json",
     console=None,
+    only: str | list[str] | None = None,
+    cpu_reference: str | os.PathLike | None = "auto",
 ) -> dict[str, Any]:
-    """Run the suite, print a Rich table and (unless ``out`` is None) write JSON results."""
+    """Run the suite, print a Rich table and (unless ``out`` is None) write JSON results.
+
+    ``only`` runs a subset of `STAGES` (names, comma-separated or a list; ``"ks"`` for the
+    KS speed stages). On a CPU backend the medians are also merged into
+    ``cpu_reference`` (``"auto"``: ``cpu_reference.json`` next to ``out``; ``None``: not
+    written), keyed by figure and size, for `benchmarks/gpu.sh` to compute device speedups
+    against.
+    """
     from rich.console import Console
 
+    selected = select_stages(only)
     if console is None:
         console = Console()
         if not console.is_terminal:
             console = Console(width=160)
+    # many short interleaved repetitions (see `time_samples`): a call is 20-100 ms
     if quick:
-        sizes = dict(batch=250, steps=50, repeats=5, grad_repeats=5, data=(100, 200))
+        sizes = dict(batch=250, steps=(40, 16), repeats=7, grad_repeats=7, data=(100, 200))
     else:
-        sizes = dict(batch=1000, steps=100, repeats=15, grad_repeats=15, data=(1000, 1000))
+        sizes = dict(batch=1000, steps=(50, 20), repeats=15, grad_repeats=15, data=(1000, 1000))
     env = environment()
     figures: list[Figure] = []
     diagnostics: dict[str, Any] = {}
-    stages: list[tuple[str, Callable[[], tuple[list[Figure], dict]]]] = [
-        ("step_n64", lambda: bench_step(64, sizes["batch"], sizes["steps"], sizes["repeats"])),
-        (
-            "step_n256",
-            lambda: bench_step(256, sizes["batch"], max(20, sizes["steps"] // 2), sizes["repeats"]),
-        ),
-        ("grad", lambda: bench_grad(32, 50, sizes["grad_repeats"], number=10)),
-        ("memory", lambda: bench_memory(32, 2000)),
-        ("data", lambda: bench_data(*sizes["data"], full_size=not quick)),
-        ("train_step", lambda: bench_train_step(repeats=sizes["repeats"])),
-    ]
+    stages: dict[str, Callable[[], tuple[list[Figure], dict]]] = {
+        "step_n64": lambda: bench_step(64, sizes["batch"], sizes["steps"][0], sizes["repeats"]),
+        "step_n256": lambda: bench_step(256, sizes["batch"], sizes["steps"][1], sizes["repeats"]),
+        "grad": lambda: bench_grad(32, 50, sizes["grad_repeats"], number=5),
+        "memory": lambda: bench_memory(32, 2000),
+        "data": lambda: bench_data(*sizes["data"], full_size=not quick),
+        "train_step": lambda: bench_train_step(repeats=sizes["repeats"]),
+    }
     # a spinner on a terminal; one line per stage in a log file or pipe
     live = console.is_terminal
     with console.status("benchmarking…") if live else contextlib.nullcontext() as status:
-        for name, stage in stages:
+        for name in selected:
             if live:
                 status.update(f"benchmarking: {name}")
             else:
                 console.print(f"benchmarking: {name}", highlight=False)
             t0 = time.perf_counter()
-            figs, diag = stage()
+            figs, diag = stages[name]()
             figures += figs
             diagnostics[name] = {**diag, "stage_seconds": time.perf_counter() - t0}
     results = {
         "suite": "scilayers bench",
         "quick": quick,
+        "stages": list(selected),
         "environment": {
             **env,
             "load_average_end": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
@@ -565,12 +670,56 @@ def run_benchmarks(
     console.print(results_table(results))
     if out is not None:
         out = Path(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.tmp")
-        tmp.write_text(json.dumps(results, indent=2, default=_json_default) + "\n")
-        os.replace(tmp, out)
+        _write_json(out, results)
         console.print(f"results written to {out}")
+        if cpu_reference == "auto":
+            cpu_reference = out.with_name("cpu_reference.json")
+    if cpu_reference not in (None, "auto") and env["backend"] == "cpu":
+        update_reference(cpu_reference, results)
+        console.print(f"CPU reference figures merged into {cpu_reference}")
     return results
+
+
+def _write_json(path: Path, data) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=_json_default) + "\n")
+    os.replace(tmp, path)
+
+
+def reference_key(figure_key: str, quick: bool) -> str:
+    """The key of a figure in a reference file: its key, marked when measured at the quick
+    sizes (a device run is compared only with a reference of the same sizes)."""
+    return f"{figure_key}@quick" if quick else figure_key
+
+
+def update_reference(path: str | os.PathLike, results: dict[str, Any]) -> dict[str, Any]:
+    """Merge the medians of ``results`` into the reference file ``path`` (created if
+    absent): one entry per figure (`reference_key`), with its value, reference, unit,
+    spread, date and machine; entries of stages not run are kept."""
+    path = Path(path)
+    ref = json.loads(path.read_text()) if path.exists() else {}
+    env = results["environment"]
+    machine = {k: env.get(k) for k in ("backend", "devices", "cpu_count", "jax", "platform")}
+    entries = ref.setdefault("figures", {})
+    for f in results["figures"]:
+        entries[reference_key(f["key"], results["quick"])] = {
+            "label": f["label"],
+            "unit": f["unit"],
+            "value": f["value"],
+            "reference": f["reference"],
+            "reference_label": f["reference_label"],
+            "spread": f.get("spread"),
+            "date": env["date"],
+            "load_average_1_5_15min": env.get("load_average_1_5_15min"),
+            "machine": machine,
+        }
+    ref["note"] = (
+        "CPU reference figures (medians) written by `scilayers bench` on a CPU backend; "
+        "benchmarks/gpu.sh divides them by the same figures measured on a device."
+    )
+    _write_json(path, ref)
+    return ref
 
 
 def _json_default(x):
@@ -589,8 +738,17 @@ def _fmt(x: float | None) -> str:
     return f"{x:.3g}"
 
 
+def _with_range(value, q, unit: str) -> str:
+    text = f"{_fmt(value)} {unit}"
+    if q:
+        text += f"\n[dim]{_fmt(q['min'])}–{_fmt(q['max'])}[/dim]"
+    return text
+
+
 def results_table(results: dict[str, Any]):
-    """A Rich table of the figures in ``results``."""
+    """A Rich table of the figures in ``results``: medians with their min–max range, the
+    median per-repetition ratio with its interquartile range, and the verdict with the
+    number of repetitions that met the target."""
     from rich.table import Table
 
     env = results["environment"]
@@ -604,22 +762,62 @@ def results_table(results: dict[str, Any]):
     table = Table(title=title, show_lines=True)
     for col, kw in (
         ("figure", {"ratio": 1}),
-        ("ours", {"justify": "right"}),
-        ("reference", {"justify": "right"}),
-        ("ratio", {"justify": "right"}),
+        ("ours (median, min–max)", {"justify": "right"}),
+        ("reference (median, min–max)", {"justify": "right"}),
+        ("ratio (median, IQR)", {"justify": "right"}),
         ("target", {"justify": "right"}),
-        ("result", {"justify": "center"}),
+        ("result (reps within)", {"justify": "center"}),
     ):
         table.add_column(col, **kw)
     for f in results["figures"]:
-        ours = f"{_fmt(f['value'])} {f['unit']}"
+        spread = f.get("spread") or {}
+        ours = _with_range(f["value"], spread.get("value"), f["unit"])
         ref = (
-            f"{_fmt(f['reference'])} {f['unit']} ({f['reference_label']})"
+            _with_range(f["reference"], spread.get("reference"), f["unit"])
+            + f"\n({f['reference_label']})"
             if f["reference"] is not None
             else "-"
         )
         ratio = f"{f['ratio']:.2f}x" if f["ratio"] is not None else "-"
+        rs = f.get("ratio_spread")
+        if rs and f.get("target_text", "").endswith("x"):
+            ratio += f"\n[dim]{rs['q25']:.2f}–{rs['q75']:.2f}[/dim]"
         result = {True: "[green]PASS", False: "[red]FAIL", None: "[yellow]n/a"}[f["passed"]]
+        if f.get("within") is not None and f["passed"] is not None:
+            result += f"\n[dim]{f['within']}/{f['repeats']}[/dim]"
         label = f["label"] + (f"\n[dim]{f['note']}[/dim]" if f["note"] else "")
         table.add_row(label, ours, ref, ratio, f["target_text"], result)
     return table
+
+
+def results_markdown(results: dict[str, Any]) -> str:
+    """The figures of ``results`` as a Markdown table (medians with min–max, the median
+    per-repetition ratio with its interquartile range, the verdict with the repetitions
+    within the target), for the README."""
+
+    def rng(q):
+        return f" ({_fmt(q['min'])}–{_fmt(q['max'])})" if q else ""
+
+    rows = [
+        "| figure | ours: median (min–max) | reference: median (min–max) "
+        "| ratio: median (IQR) | target | result |",
+        "|---|---:|---:|---:|---:|:---:|",
+    ]
+    for f in results["figures"]:
+        spread = f.get("spread") or {}
+        ours = f"{_fmt(f['value'])}{rng(spread.get('value'))} {f['unit']}"
+        ref = "-"
+        if f["reference"] is not None:
+            ref = (
+                f"{_fmt(f['reference'])}{rng(spread.get('reference'))} {f['unit']} "
+                f"({f['reference_label']})"
+            )
+        ratio = "-" if f["ratio"] is None else f"{f['ratio']:.2f}x"
+        rs = f.get("ratio_spread")
+        if rs and f["ratio"] is not None and f.get("target_text", "").endswith("x"):
+            ratio += f" ({rs['q25']:.2f}–{rs['q75']:.2f})"
+        result = {True: "PASS", False: "FAIL", None: "n/a"}[f["passed"]]
+        if f.get("within") is not None and f["passed"] is not None:
+            result += f" {f['within']}/{f['repeats']}"
+        rows.append(f"| {f['label']} | {ours} | {ref} | {ratio} | {f['target_text']} | {result} |")
+    return "\n".join(rows) + "\n"

@@ -396,12 +396,22 @@ def bench(
         Path("benchmarks/results.json"), "--out", "-o", help="Where to write the JSON results."
     ),
     strict: bool = typer.Option(False, "--strict", help="Exit with code 1 if a target fails."),
+    only: str = typer.Option(
+        None,
+        "--only",
+        help="Comma-separated stages to run: step_n64, step_n256, grad, memory, data, "
+        "train_step, or ks (the KS speed stages); default all.",
+    ),
 ):
     """The benchmark suite (speed ratios, gradient cost, memory, data generation) as a table."""
     _check_writable_file(out)
-    from ._bench import run_benchmarks
+    from ._bench import run_benchmarks, select_stages
 
-    results = run_benchmarks(quick=quick, out=out)
+    try:
+        select_stages(only)
+    except ValueError as e:
+        fail(str(e))
+    results = run_benchmarks(quick=quick, out=out, only=only)
     if strict and not results["all_passed"]:
         raise typer.Exit(1)
 
