@@ -55,6 +55,11 @@ if [[ $MODE == device && $BACKEND != gpu && $TINY == 0 ]]; then
          "or --tiny for a dry run." >&2
     exit 2
 fi
+if [[ $BENCH_ONLY == *ks* || $BENCH_ONLY == *step* ]] && ! "$PYTHON" -c "import exponax" 2>/dev/null; then
+    echo "gpu.sh: the KS step benchmark compares with Exponax; pip install exponax" \
+         "(a test dependency of scilayers)." >&2
+    exit 2
+fi
 if [[ $MODE == cpu-reference && $BACKEND != cpu ]]; then
     echo "gpu.sh: --cpu-reference must run on the CPU backend (got '$BACKEND');" \
          "set JAX_PLATFORMS=cpu." >&2

@@ -10,6 +10,10 @@ run (`scilayers.distributed.initialize` reads ``SCILAYERS_COORDINATOR`` & co.): 
 `fit` with checkpoints in CKPT, resumed if CKPT holds one; process 0 writes OUT.json. With
 ``DIE_AT_CHECKPOINT=K`` process 1 kills itself (SIGKILL) once process 0 has written the
 checkpoint of step K: a process lost mid-run.
+
+``python _distributed_worker.py study OUT [--resume]``: one process of a multi-process
+run of the (tiny) Burgers study through the engine; every process writes its methods'
+in-domain MSE to ``OUT/process<i>.json`` (results go to OUT as in any run).
 """
 
 from __future__ import annotations
@@ -36,13 +40,22 @@ CONFIG = sl.TrainConfig(steps=4, batch_size=8, horizon=5, val_every=100, schedul
                         checkpoint_every=2)  # fmt: skip
 
 
-def problem():
-    """``(model, data)``: a KS hybrid (θ_s a, b mis-specified; a residual MLP) and 6 truth
-    trajectories of 31 states."""
-    truth = sl.models.KuramotoSivashinsky(length=22.0, n=N, a=1.0, b=1.0)
-    step = sl.solvers.ETDRK4(truth, dt=0.25)
-    u0 = jax.vmap(truth.initial_condition)(jax.random.split(jax.random.key(0), 6))
-    data = np.asarray(jax.vmap(lambda u: sl.rollout(step, u, 30, check_finite=False))(u0))
+def truth() -> np.ndarray:
+    """6 KS trajectories (a = b = 1) of 31 states."""
+    model = sl.models.KuramotoSivashinsky(length=22.0, n=N, a=1.0, b=1.0)
+    step = sl.solvers.ETDRK4(model, dt=0.25)
+    u0 = jax.vmap(model.initial_condition)(jax.random.split(jax.random.key(0), 6))
+    return np.asarray(jax.vmap(lambda u: sl.rollout(step, u, 30, check_finite=False))(u0))
+
+
+def problem(data=None):
+    """``(model, data)``: a KS hybrid (θ_s a, b mis-specified; a residual MLP) and the
+    `truth` trajectories: ``data`` if given, else read from the ``.npy`` file
+    ``WORKER_DATA`` names (made once by the test, not compiled again in every process),
+    else made here."""
+    path = os.environ.get("WORKER_DATA")
+    if data is None:
+        data = truth() if path is None else np.load(path)
     physics = sl.models.KuramotoSivashinsky(length=22.0, n=N, a=sl.Param(0.8), b=sl.Param(1.2))
     net = sl.nn.MLP(N, N, width=16, depth=1, key=jax.random.key(1), final_scale=0.01)
     return sl.Hybrid(sl.solvers.ETDRK4(physics, dt=0.25), net, coupling="residual"), data
@@ -180,10 +193,34 @@ def fit(ckpt: Path, steps: int, out: Path) -> None:
         }))  # fmt: skip
 
 
+def study(out: Path, resume: bool) -> None:
+    sl.distributed.initialize()
+    from scilayers.baselines import PINNConfig
+    from scilayers.experiments import run_study
+    from scilayers.experiments.burgers import PRESETS, BurgersStudy
+
+    tiny = PRESETS["quick"].replace(
+        preset="tiny", trajectories=24, context_steps=3, corr_steps=10, main_horizon=5,
+        horizons=(2, 5), field_steps=6, data_sizes=(), lambda_sweep=(0.0,),
+        closure_variants=("unrestricted",), pinn_trajectories=2, checkpoint_every=2,
+        pinn=PINNConfig(width=8, depth=2, adam_steps=5, lbfgs_steps=3, n_collocation=16,
+                        n_collocation_lbfgs=16),
+        train=sl.TrainConfig(steps=4, batch_size=4, horizon=3, val_every=2),
+    )  # fmt: skip
+    t = time.perf_counter()
+    res = run_study(BurgersStudy(tiny), [0], out, resume=resume, progress=False,
+                    log=lambda *_: None)  # fmt: skip
+    mine = {k: v["id_mse"]["mean"] for k, v in res["methods"].items()}
+    record = {"id_mse": mine, "seconds": time.perf_counter() - t}
+    (out / f"process{jax.process_index()}.json").write_text(json.dumps(record))
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "checks":
         checks(Path(sys.argv[2]))
     elif sys.argv[1] == "fit":
         fit(Path(sys.argv[2]), int(sys.argv[3]), Path(sys.argv[4]))
+    elif sys.argv[1] == "study":
+        study(Path(sys.argv[2]), "--resume" in sys.argv[3:])
     else:
         raise SystemExit(f"unknown command {sys.argv[1]!r}")

@@ -43,7 +43,12 @@ def _env(devices: int, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in _CLUSTER_VARS}
     env.update(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
                JAX_PLATFORMS="cpu", **extra)  # fmt: skip
+    if _DATA:
+        env["WORKER_DATA"] = _DATA[0]
     return env
+
+
+_DATA: list[str] = []  # the .npy file of the workers' training data, once made
 
 
 def _free_port() -> int:
@@ -53,15 +58,19 @@ def _free_port() -> int:
 
 
 def _start(ckpt: Path, out: Path, **extra: str) -> list[subprocess.Popen]:
-    """Two processes of one run (2 host devices each), coordinated on localhost."""
+    """Two processes of one training run (2 host devices each), coordinated on localhost."""
+    return _launch(["fit", str(ckpt), str(STEPS), str(out)], **extra)
+
+
+def _launch(args: list[str], **extra: str) -> list[subprocess.Popen]:
     port = _free_port()
     procs = []
     for pid in range(2):
         env = _env(2, SCILAYERS_COORDINATOR=f"127.0.0.1:{port}", SCILAYERS_NUM_PROCESSES="2",
                    SCILAYERS_PROCESS_ID=str(pid), **extra)  # fmt: skip
-        cmd = [sys.executable, str(WORKER), "fit", str(ckpt), str(STEPS), str(out)]
-        procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE,
-                                      stderr=subprocess.STDOUT, text=True))  # fmt: skip
+        procs.append(subprocess.Popen([sys.executable, str(WORKER), *args], env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                      text=True))  # fmt: skip
     return procs
 
 
@@ -79,26 +88,32 @@ def _finish(procs: list[subprocess.Popen]) -> list[tuple[int, str]]:
 
 
 @pytest.fixture(scope="module")
-def worker():
+def worker(tmp_path_factory):
+    """The worker module, with its training data made once here and handed to every
+    subprocess (`_env`), so that no process compiles the truth again."""
     sys.path.insert(0, str(WORKER.parent))
     try:
         import _distributed_worker
     finally:
         sys.path.remove(str(WORKER.parent))
-    return _distributed_worker
+    path = tmp_path_factory.mktemp("data") / "truth.npy"
+    np.save(path, _distributed_worker.truth())
+    _DATA[:] = [str(path)]
+    yield _distributed_worker
+    _DATA.clear()
 
 
 @pytest.fixture(scope="module")
 def reference(worker):
     """The multi-process runs' training on one device, unsharded: their flat parameters."""
-    model, data = worker.problem()
+    model, data = worker.problem(np.load(_DATA[0]))
     res = sl.fit(model, data, worker.CONFIG.replace(steps=STEPS, checkpoint_every=0),
                  progress=False)  # fmt: skip
     return worker.flat(res.model)
 
 
 @pytest.fixture(scope="module")
-def four_devices(tmp_path_factory):
+def four_devices(worker, tmp_path_factory):
     """The 4-device checks of `_distributed_worker.checks`, run once."""
     out = tmp_path_factory.mktemp("four") / "checks.json"
     proc = subprocess.run([sys.executable, str(WORKER), "checks", str(out)], env=_env(4),
@@ -193,6 +208,28 @@ def test_killed_process_restart_resumes_from_checkpoint(tmp_path, reference):
     np.testing.assert_allclose(res["params"], reference, rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.slow  # the engine end to end in two processes: several minutes
+def test_two_process_study_writes_once_and_resumes_from_its_cache(tmp_path):
+    """A study (tiny Burgers) run by two processes through the engine: both get the same
+    results, process 0 writes them; rerun with ``--resume``, every process takes every
+    finished run from the cache process 0 found (nothing retrained: far quicker) and gets
+    the same results again."""
+    out = tmp_path / "study"
+    for rc, text in _finish(_launch(["study", str(out)])):
+        assert rc == 0, text[-3000:]
+    first = [json.loads((out / f"process{i}.json").read_text()) for i in range(2)]
+    assert first[0]["id_mse"] == first[1]["id_mse"]
+    written = json.loads((out / "results.json").read_text())
+    assert written["environment"]["process_count"] == 2
+    assert {k: v["id_mse"]["mean"] for k, v in written["methods"].items()} == first[0]["id_mse"]
+    assert "train_step_peak_mb" in written["methods"]["hybrid_joint"]
+    for rc, text in _finish(_launch(["study", str(out), "--resume"])):
+        assert rc == 0, text[-3000:]
+    again = [json.loads((out / f"process{i}.json").read_text()) for i in range(2)]
+    assert again[0]["id_mse"] == again[1]["id_mse"] == first[0]["id_mse"]
+    assert again[0]["seconds"] < 0.5 * first[0]["seconds"]
+
+
 # ------------------------------------------------------------------ start-up, in-process
 
 
@@ -247,6 +284,19 @@ def test_cluster_spec_detects_slurm_with_jax(clean_env):
     assert SlurmCluster.get_coordinator_address(None, None).startswith("node01:")
     clean_env.setenv("SLURM_NTASKS", "1")
     assert distributed.cluster_spec() is None
+
+
+def test_cli_distributed_flag_reports_a_bad_environment(clean_env):
+    """``scilayers run NAME --distributed`` with an incomplete environment exits with code 2
+    and says which variables are missing (before anything starts)."""
+    from typer.testing import CliRunner
+
+    from scilayers.cli import app
+
+    clean_env.setenv("SCILAYERS_COORDINATOR", "node0:5555")
+    result = CliRunner().invoke(app, ["run", "burgers", "--distributed"])
+    assert result.exit_code == 2
+    assert "SCILAYERS_NUM_PROCESSES, SCILAYERS_PROCESS_ID not set" in result.output
 
 
 def test_single_process_helpers():
@@ -318,7 +368,7 @@ def test_fit_follows_the_memory_budget_and_reports_measured_peak():
     assert plan["policy"] in ("checkpoint", "recursive") and plan["fits"] and plan["chosen"]
     assert bounded.peak_memory_mb is not None and full.peak_memory_mb is not None
     assert bounded.peak_memory_mb < 0.7 * full.peak_memory_mb
-    assert not any("memory" in note for note in bounded.notes)
+    assert not any("is estimated at" in note for note in bounded.notes)
     for k in ("theta/a", "theta/b"):
         np.testing.assert_allclose(bounded.history[k], full.history[k], rtol=1e-10)
 

@@ -402,6 +402,10 @@ def bench(
         help="Comma-separated stages to run: step_n64, step_n256, grad, memory, data, "
         "train_step, or ks (the KS speed stages); default all.",
     ),
+    scale: bool = typer.Option(
+        False, "--scale", help="Also the scale benchmarks: a training step over 1, 2, 4 "
+        "devices, and peak memory and time per rollout memory policy (OUT_scale.json)."
+    ),
 ):
     """The benchmark suite (speed ratios, gradient cost, memory, data generation) as a table."""
     _check_writable_file(out)
@@ -412,7 +416,14 @@ def bench(
     except ValueError as e:
         fail(str(e))
     results = run_benchmarks(quick=quick, out=out, only=only)
-    if strict and not results["all_passed"]:
+    passed = results["all_passed"]
+    if scale:
+        from ._bench_scale import run_scale_benchmarks
+
+        res = run_scale_benchmarks(quick=quick, out=out.with_name(f"{out.stem}_scale.json"))
+        rows = res["memory"]["rows"]
+        passed = passed and all(r["meets_target"] for p, r in rows.items() if p != "full")
+    if strict and not passed:
         raise typer.Exit(1)
 
 

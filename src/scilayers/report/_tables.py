@@ -60,7 +60,8 @@ def physics_residual_key(split: str) -> str:
 def main_columns(sets: Sequence[str] = DEFAULT_EVAL_SETS) -> tuple[Column, ...]:
     """The main-table columns for these evaluation sets, in order: MSE per set, nMSE,
     correlation time, correlation time in Lyapunov times, physics residual, θ_s error,
-    training time. Columns that no row has are dropped by :func:`metric_table`."""
+    training time, peak memory of a training step (per device). Columns that no row has
+    are dropped by :func:`metric_table`."""
     h = {s: set_header(s) for s in sets}
     residual = [
         Column(physics_residual_key(s), "Physics residual" + ("" if s == "id" else f" ({h[s]})"))
@@ -79,6 +80,7 @@ def main_columns(sets: Sequence[str] = DEFAULT_EVAL_SETS) -> tuple[Column, ...]:
         *residual,
         Column(THETA_REL, "θ_s rel. error (%)", scale=100.0),
         Column("train_seconds", "Train s"),
+        Column("train_step_peak_mb", "Step peak MiB"),  # XLA's memory of one training step
     )
 
 

@@ -822,16 +822,25 @@ def _memory_report(config, stage, model, data, horizon: int, jitted, args) -> di
 def _memory_notes(memory: dict) -> list[str]:
     notes = []
     for where, m in memory.items():
-        plan = m["plan"]
-        if plan["fits"]:
-            continue
-        est = plan["estimates_mb"][plan["policy"]]
-        fix = ("lower the horizon or batch_size, or shard the batch over more devices"
-               if plan["chosen"] else "use memory='auto' to choose a policy that fits")  # fmt: skip
-        notes.append(
-            f"step {where}: memory={plan['policy']!r} is estimated at {est:.1f} MiB per "
-            f"device, over memory_budget_mb={plan['budget_mb']:g}; {fix}."
-        )
+        plan, measured = m["plan"], m["measured"]
+        if not plan["fits"]:
+            est = plan["estimates_mb"][plan["policy"]]
+            fix = (
+                "lower the horizon or batch_size, or shard the batch over more devices"
+                if plan["chosen"]
+                else "use memory='auto' to choose a policy that fits"
+            )
+            notes.append(
+                f"step {where}: memory={plan['policy']!r} is estimated at {est:.1f} MiB per "
+                f"device, over memory_budget_mb={plan['budget_mb']:g}; {fix}."
+            )
+        elif plan["budget_mb"] is not None and measured and measured["peak"] > plan["budget_mb"]:
+            notes.append(
+                f"step {where}: XLA's measured peak of the step is {measured['peak']:.1f} MiB "
+                f"per device, over memory_budget_mb={plan['budget_mb']:g} (the estimate, "
+                f"{plan['estimates_mb'][plan['policy']]:.1f} MiB, counts what the rollouts "
+                f"store); lower the budget by that margin to stay under it."
+            )
     return notes
 
 
