@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..distributed import agree, is_writer
+from ..distributed import agree, initialized, is_writer
 from ..hybrid import Hybrid, NeuralStepper
 from ..params import LogNormal, values
 from ..uq import (
@@ -70,7 +70,8 @@ def _members(study: AbstractStudy, problem: Problem, method: str, seed: int):
     from ._engine import _closure_kwargs
 
     cfg = study.cfg
-    tc = cfg.train.replace(seed=seed)
+    # under `scilayers run --distributed`, the members are split over every device
+    tc = cfg.train.replace(seed=seed, shard=cfg.train.shard or initialized())
     if problem.observed is not None:
         tc = tc.replace(observed=tuple(int(i) for i in problem.observed))
     key = _key(method, seed)
