@@ -19,6 +19,7 @@ STUDIES: dict[str, str] = {
     "lorenz96": "scilayers.experiments.lorenz96:Lorenz96Study",
     "era5": "scilayers.experiments.era5:ERA5Study",
     "hemodynamics": "scilayers.experiments.hemodynamics:HemodynamicsStudy",
+    "aneurysm": "scilayers.experiments.aneurysm:AneurysmStudy",
 }
 
 

@@ -242,9 +242,17 @@ class LatticeBoltzmann(AbstractStepper):
     def state_shape(self) -> tuple[int, ...]:
         return (10,) + self.model.shape
 
-    def _force(self, t) -> tuple[Array, Array]:
+    def _force(self, t, force=None) -> tuple[Array, Array]:
         F = self.model.body_force(t) / self.scaling.force
-        return F[0], F[1]
+        if force is None:
+            return F[0], F[1]
+        extra = jnp.asarray(force) / self.scaling.force
+        if extra.shape != (2,) + self.model.shape:
+            raise ValueError(
+                f"force must be a body-force field of shape {(2,) + self.model.shape} "
+                f"(N/m^3), got {extra.shape}."
+            )
+        return F[0] + extra[0], F[1] + extra[1]
 
     def _tau(self, gd: Array) -> Array:
         """Relaxation time at the lattice shear rate ``gd``."""
@@ -269,14 +277,16 @@ class LatticeBoltzmann(AbstractStepper):
         return rho, ux, uy, feq, (s * pxx, s * pyy, s * pxy), gd, tau
 
     # ------------------------------------------------------------------ the step
-    def __call__(self, u: Float[Array, "10 nx ny"], t: ScalarLike = 0.0) -> Array:
-        """Advance ``u`` (state at time ``t``, s) by one step ``dt``."""
+    def __call__(self, u: Float[Array, "10 nx ny"], t: ScalarLike = 0.0, force=None) -> Array:
+        """Advance ``u`` (state at time ``t``, s) by one step ``dt``; ``force`` (optional,
+        shape ``(2, nx, ny)``, N/m³) is a body-force field added to the model's for this
+        step (e.g. a closure's term)."""
         self.check(u)
         m = self.model
         fluid = m.fluid.array
         solid = ~fluid
         f, gd = u[:9], u[9]
-        fx, fy = self._force(t)
+        fx, fy = self._force(t, force)
         rho, ux, uy, feq, _, gd, tau = self._strain(f, gd, fx, fy, self.picard)
         # TRT collision with Guo forcing
         tau_m = 0.5 + self.magic / (tau - 0.5)
@@ -286,7 +296,7 @@ class LatticeBoltzmann(AbstractStepper):
         neq_m = 0.5 * (f - fb - feq + eb)
         cx, cy, w = _c(CX, 2), _c(CY, 2), _c(WEIGHTS, 2)
         cu = cx * ux[None] + cy * uy[None]
-        cF = cx * fx + cy * fy
+        cF = cx * jnp.broadcast_to(fx, ux.shape)[None] + cy * jnp.broadcast_to(fy, uy.shape)[None]
         src_p = w * (9.0 * cu * cF - 3.0 * (ux * fx + uy * fy)[None])
         src_m = 3.0 * w * cF
         post = f - wp * neq_p - wm * neq_m + (1.0 - 0.5 * wp) * src_p + (1.0 - 0.5 * wm) * src_m
@@ -351,10 +361,11 @@ class LatticeBoltzmann(AbstractStepper):
         f = equilibrium(rho, vel[0], vel[1])
         return jnp.concatenate([f, jnp.zeros((1,) + shape, dtype)])
 
-    def fields(self, u: Float[Array, "10 nx ny"], t: ScalarLike = 0.0):
+    def fields(self, u: Float[Array, "10 nx ny"], t: ScalarLike = 0.0, force=None):
         """``(velocity (2, nx, ny) m/s, pressure (nx, ny) Pa)`` of the state ``u`` at time
-        ``t`` (zero in solid cells)."""
-        fx, fy = self._force(t)
+        ``t`` (zero in solid cells); ``force``: the extra body-force field of the step that
+        made ``u``, if any (the velocity moment includes half of it)."""
+        fx, fy = self._force(t, force)
         rho, ux, uy = _moments(u[:9], fx, fy)
         fluid = jnp.asarray(self.model.fluid.array)
         sc = self.scaling
@@ -362,35 +373,37 @@ class LatticeBoltzmann(AbstractStepper):
         p = jnp.where(fluid, (rho - 1.0) * CS2 * sc.stress, 0.0)
         return vel, p
 
-    def velocity(self, u, t: ScalarLike = 0.0) -> Float[Array, "2 nx ny"]:
-        """Velocity (m/s), zero in solid cells."""
-        return self.fields(u, t)[0]
+    def velocity(self, u, t: ScalarLike = 0.0, force=None) -> Float[Array, "2 nx ny"]:
+        """Velocity (m/s), zero in solid cells (``force`` as in `fields`)."""
+        return self.fields(u, t, force)[0]
 
     def pressure(self, u, t: ScalarLike = 0.0) -> Float[Array, "nx ny"]:
         """Pressure (Pa, relative to the outlet or the initial mean), zero in solid cells."""
         return self.fields(u, t)[1]
 
-    def _stress(self, u, t, passes: int = 3):
-        fx, fy = self._force(t)
+    def _stress(self, u, t, passes: int = 3, force=None):
+        fx, fy = self._force(t, force)
         *_, (sxx, syy, sxy), gd, _ = self._strain(u[:9], u[9], fx, fy, passes)
         fluid = jnp.asarray(self.model.fluid.array)
         mu = self.model.rheology.viscosity(gd / self.dt)
         sig = 2.0 * mu[None] * jnp.stack([sxx, syy, sxy]) / self.dt
         return jnp.where(fluid[None], sig, 0.0), jnp.where(fluid, gd / self.dt, 0.0)
 
-    def shear_rate(self, u, t: ScalarLike = 0.0) -> Float[Array, "nx ny"]:
+    def shear_rate(self, u, t: ScalarLike = 0.0, force=None) -> Float[Array, "nx ny"]:
         """Shear rate ``γ̇ = √(2 S:S)`` (1/s) from the local non-equilibrium stress."""
-        return self._stress(u, t)[1]
+        return self._stress(u, t, force=force)[1]
 
-    def stress(self, u, t: ScalarLike = 0.0) -> Float[Array, "3 nx ny"]:
+    def stress(self, u, t: ScalarLike = 0.0, force=None) -> Float[Array, "3 nx ny"]:
         """Viscous stress ``2 μ(γ̇) S`` (Pa) as ``(σ_xx, σ_yy, σ_xy)``."""
-        return self._stress(u, t)[0]
+        return self._stress(u, t, force=force)[0]
 
-    def wall_shear_stress(self, u, wall: WallPoints, t: ScalarLike = 0.0) -> Float[Array, " P"]:
+    def wall_shear_stress(
+        self, u, wall: WallPoints, t: ScalarLike = 0.0, force=None
+    ) -> Float[Array, " P"]:
         """Signed wall shear stress ``t·(σ n)`` (Pa) at the points of `wall`
         (`scilayers.models.WallPoints`): the viscous stress extrapolated linearly to each
         point along its normal from one and two cells into the fluid (`wall_sampling`)."""
-        sig = self.stress(u, t)
+        sig = self.stress(u, t, force)
         return _traction(sig, self.model, wall)
 
     # ------------------------------------------------------------------------ runs
