@@ -24,9 +24,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--n", type=int, default=64)
     p.add_argument("--repeats", type=int, default=10, help="timed steps per process")
     p.add_argument("--rounds", type=int, default=2, help="passes over the counts")
+    p.add_argument("--single-thread", action="store_true",
+                   help="one thread per host device (no XLA CPU thread pool within a device)")
     p.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     a = p.parse_args(argv)
-    res = bench_scaling(tuple(a.devices), a.batch, a.horizon, a.n, a.repeats, a.rounds)
+    res = bench_scaling(tuple(a.devices), a.batch, a.horizon, a.n, a.repeats, a.rounds,
+                        a.single_thread)
     print(scaling_table(res))
     if a.out is not None:
         a.out.write_text(json.dumps(res, indent=1) + "\n")

@@ -115,8 +115,16 @@ def scaling_worker(batch: int, horizon: int, n: int, repeats: int) -> dict[str, 
     return {"devices": jax.device_count(), "compile_s": compile_s, "step_s": t}
 
 
-def _worker(d: int, batch: int, horizon: int, n: int, repeats: int) -> dict[str, Any]:
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={d}")
+#: XLA flags that keep each host device to one thread (no intra-op thread pool).
+SINGLE_THREAD = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+
+
+def _worker(d: int, batch: int, horizon: int, n: int, repeats: int,
+            single_thread: bool = False) -> dict[str, Any]:  # fmt: skip
+    flags = f"--xla_force_host_platform_device_count={d}"
+    if single_thread:
+        flags = f"{flags} {SINGLE_THREAD}"
+    env = dict(os.environ, XLA_FLAGS=flags)
     env.setdefault("JAX_PLATFORMS", "cpu")
     cmd = [sys.executable, "-m", "scilayers._bench_scale", "worker", str(batch), str(horizon),
            str(n), str(repeats)]  # fmt: skip
@@ -127,18 +135,21 @@ def _worker(d: int, batch: int, horizon: int, n: int, repeats: int) -> dict[str,
 
 
 def bench_scaling(devices=(1, 2, 4), batch: int = 64, horizon: int = 20, n: int = 64,
-                  repeats: int = 10, rounds: int = 2) -> dict[str, Any]:  # fmt: skip
+                  repeats: int = 10, rounds: int = 2,
+                  single_thread: bool = False) -> dict[str, Any]:  # fmt: skip
     """A training step of the KS hybrid (global batch ``batch``, ``horizon``-step unroll,
     N = ``n``) with its batch split over 1, 2, 4 devices, each count in its own process
     (forced host devices on a CPU). Strong scaling: throughput (windows/s) and parallel
     efficiency ``t_1 / (D · t_D)``. The counts run in ``rounds`` passes, in alternating
     order (1, 2, 4, then 4, 2, 1), and each count's samples are pooled, so that a change
-    of machine load during the run does not favour one count."""
+    of machine load during the run does not favour one count. ``single_thread``: each host
+    device runs on one thread (`SINGLE_THREAD`), as an independent processor would; by
+    default XLA's CPU thread pool also parallelises within a device."""
     samples: dict[int, list[float]] = {d: [] for d in devices}
     compile_s: dict[int, list[float]] = {d: [] for d in devices}
     for r in range(rounds):
         for d in devices if r % 2 == 0 else tuple(reversed(devices)):
-            res = _worker(d, batch, horizon, n, repeats)
+            res = _worker(d, batch, horizon, n, repeats, single_thread)
             if res["devices"] != d:
                 raise RuntimeError(f"asked for {d} devices, the worker saw {res['devices']}.")
             samples[d] += res["step_s"]["samples"]
@@ -153,7 +164,7 @@ def bench_scaling(devices=(1, 2, 4), batch: int = 64, horizon: int = 20, n: int 
         r["efficiency"] = t1 / (r["devices"] * t)
     return {
         "setup": dict(SETUP, n=n, batch=batch, horizon=horizon, repeats=repeats * rounds,
-                      cpu_count=os.cpu_count()),
+                      cpu_count=os.cpu_count(), single_thread=single_thread),
         "rows": rows,
     }  # fmt: skip
 
@@ -162,7 +173,8 @@ def scaling_table(res: dict[str, Any]) -> str:
     s = res["setup"]
     lines = [
         f"Training step of the KS closure hybrid, N={s['n']}, global batch {s['batch']}, "
-        f"{s['horizon']}-step unroll, split over D devices ({s['cpu_count']} CPU cores; "
+        f"{s['horizon']}-step unroll, split over D devices ({s['cpu_count']} CPU cores"
+        f"{', one thread per device' if s.get('single_thread') else ''}; "
         f"median of {s['repeats']})",
         "",
         "| devices | step (ms) | spread (ms) | windows/s | speedup | efficiency |",
