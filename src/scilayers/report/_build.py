@@ -303,7 +303,8 @@ def render(
     out += [targets_section(results.targets) if results.targets else "No targets were set.", ""]
 
     if results.uq:
-        out += ["## Uncertainty quantification", "", uq_section(results), ""]
+        text = uq_section(results) if "methods" in results.uq else mapping_table(results.uq)
+        out += ["## Uncertainty quantification", "", text, ""]
         for outcome in uq_figures or []:
             out += [_figure_block(outcome), ""]
 
