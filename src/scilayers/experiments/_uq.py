@@ -131,8 +131,8 @@ class _ErrorModel:
         stacked = stack_members(models)
         shape = tuple(val.shape[2:])
         bare = np.asarray(ensemble_forecast(stacked, u0, lead, key, t0=t0).samples)[:, 0, :, -1]
-        noisy = np.asarray(ensemble_forecast(stacked, u0, lead, key, t0=t0, samples=4,
-                                             error=self.on(shape)).samples)[..., -1, :]  # fmt: skip
+        noisy = ensemble_forecast(stacked, u0, lead, key, t0=t0, samples=4, error=self.on(shape))
+        noisy = np.asarray(noisy.samples)[:, :, :, -1]  # (members, samples, batch, *state)
         noisy = noisy.reshape(-1, *noisy.shape[2:])
         skill2 = float(np.mean((bare.mean(0) - truth) ** 2))
         members2 = float(np.mean(bare.var(0)))
