@@ -23,32 +23,35 @@ the solver. This study:
   construction; WSS from its own gradients with the Cho & Kensey viscosity) and the
   reference ``obs_mean`` (the time mean of the observations).
 - **Training**: each iteration runs one cardiac cycle with gradients (blocks of the
-  cycle recomputed in the backward pass, `jax.checkpoint`); θ_s (4 numbers) take damped
-  Gauss–Newton steps preconditioned by the Fisher information of the observations
-  (forward-mode sensitivities, refreshed every few iterations), the closure's weights
-  Adam steps, both from the same gradient; each cycle starts from the end state
-  of the previous iteration without gradient — a periodic state obtained for free, one
-  iteration behind θ (a truncated gradient: the dependence of the initial state on θ is
-  dropped; at the truth, noise-free, it is exactly zero, as is the full gradient). The
-  loss is the data misfit over σ², a Gaussian prior on log θ_s (the Params' log-normal
-  priors: MAP, so weakly identified parameters stay at the textbook value instead of
-  drifting), and for the hybrids ``lambda_closure`` × the mean square of the closure's
-  force in units of its largest possible value.
+  cycle recomputed in the backward pass, `jax.checkpoint`); θ_s (4 numbers, log) take
+  damped Gauss–Newton steps, the gradient preconditioned by the Gauss–Newton matrix of
+  the data and prior (forward-mode sensitivities of the observations, refreshed every few
+  iterations; Adam, tried first, was still wandering along the sloppy direction after 16
+  cycles), the closure's weights Adam steps, both from the same reverse-mode gradient.
+  Each cycle starts from the end state of the previous one, relaxed by one cycle without
+  gradient after a θ_s step — a periodic state without a spin-up per iteration (a
+  truncated gradient: the dependence of the initial state on θ is dropped; at the truth,
+  noise-free, it is zero, as is the full gradient). The loss is the data misfit over σ²
+  (mean), a Gaussian prior on log θ_s (the Params' log-normal priors: MAP, so directions
+  the data do not see stay at the textbook values), and for the hybrids
+  ``lambda_closure`` × the mean square of the closure's force in units of its bound.
 - **Closure** (`WallClosure`): a body force ``F = −ρ b(x) K u`` added to the coarse
   lattice's collision (Guo forcing), where ``K`` (2×2, rates in 1/s, bounded by
   ``rate_max``) is a small MLP of local features (distance to the true wall, how far the
   lattice's staircase wall is from it, the wall normal, speed, shear rate) and
-  ``b = exp(−d/1.5dx)`` confines it to the cells next to the wall, where a coarse lattice
-  misplaces the curved wall. It vanishes at rest and starts at zero. Identifiability of
+  ``b(d)`` (zero beyond 3 cells) confines it to the cells next to the wall, where a coarse
+  lattice misplaces the curved wall. It vanishes at rest and starts at zero. Identifiability of
   θ_s against the closure: the closure acts only near walls, sees no time, and is
   penalised; θ_s must explain the bulk.
 - **Metrics**, per evaluation set: velocity MSE on the coarse grid against the truth
   averaged over coarse cells (``{s}_mse``, ``{s}_nmse``), RMSE at the observation points
   against the noise-free truth, TAWSS error in the sac (relative L2 along the sac wall of
   the profiles smoothed over one coarse cell of arc length, the neck corners — where WSS
-  is singular — left out), the error of the sac-averaged TAWSS, the OSI error; θ_s errors;
-  the Fisher information of the observations for the Carreau parameters (which of them
-  the data identify).
+  is singular — left out), the error of the sac-averaged TAWSS, the OSI error; θ_s errors
+  and the errors of the learned viscosity μ(γ̇) at 1, 10 and 100 /s; the Fisher
+  information of the observations for the Carreau parameters, and by the delta method
+  for those viscosities and for ``K = (μ0 − μ∞) λ^(n−1)`` (which of them the data
+  identify).
 - **Out of domain** (never trained on): a larger sac with a wider neck (``ood_sac``), and a
   higher heart rate (``ood_hr``); learned θ_s and closure are carried over unchanged.
 """
@@ -1347,8 +1350,9 @@ class AneurysmStudy(AbstractStudy):
             "calibrated θ_s, so it has seen twice as many cycles as hybrid_joint."
         )
         notes.append(
-            "Training starts each cycle from the previous iteration's end state (no gradient "
-            "through it): a periodic state for free, one iteration behind θ_s."
+            "Training starts each cycle from the previous iteration's end state, relaxed by "
+            f"{cfg.gn_relax} cycle(s) without gradient after each θ_s step (no gradient "
+            "through the initial state: a truncated gradient)."
         )
         notes.append(
             "neural_field and obs_mean describe one geometry: they have no prediction for "
