@@ -23,7 +23,7 @@ for arg in "$@"; do
     case "$arg" in
         --cpu-reference) MODE=cpu-reference ;;
         --tiny) TINY=1 ;;
-        -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
         *) echo "gpu.sh: unknown option $arg (see --help)" >&2; exit 2 ;;
     esac
 done
