@@ -108,9 +108,11 @@ def test_unknown_names_exit_2():
 
 def _fake_main(calls):
     def main(study, preset="quick", seeds=3, out=None, data_dir=None, resume=False,
-             progress=True):  # fmt: skip
+             progress=True, uq=None):  # fmt: skip
         calls.append(dict(study=study, preset=preset, seeds=seeds, out=out, data_dir=data_dir,
                           resume=resume))  # fmt: skip
+        if uq is not None:
+            calls[-1]["uq"] = uq
         return {"eval_sets": ["id"], "methods": {"m": {"id_mse": {"mean": 0.5}}},
                 "targets": [{"name": "t", "pass": True}]}  # fmt: skip
 
@@ -137,6 +139,11 @@ def test_run_hands_over_to_the_engine(monkeypatch, tmp_path):
     assert result.exit_code == 0, result.output
     assert calls[-1]["seeds"] == 3 and calls[-1]["resume"] is True
     assert str(calls[-1]["out"]) == "runs/burgers-quick" and calls[-1]["data_dir"] is None
+    result = runner.invoke(app, ["run", "burgers", "--uq", "ensemble"])
+    assert result.exit_code == 0, result.output
+    assert calls[-1]["uq"] == "ensemble"
+    result = runner.invoke(app, ["run", "burgers", "--uq", "posterior"])
+    assert result.exit_code == 2 and "unknown --uq 'posterior'" in result.output
 
 
 def test_run_all_runs_every_registered_study(monkeypatch, tmp_path):
