@@ -399,3 +399,31 @@ def test_a_checkpoint_from_before_a_new_config_field_resumes(ks_data, tmp_path):
     (tmp_path / "checkpoint.json").write_text(json.dumps(meta))
     res = sl.fit(step, ks_data, cfg, progress=False, checkpoint_dir=tmp_path, resume=True)
     assert len(res.history["loss"]) == 4
+
+
+def test_a_kill_inside_a_checkpoint_write_leaves_a_readable_pair(tmp_path, monkeypatch):
+    """A kill after the new JSON is written but before the new leaves replace the old
+    ones (the window that made a resumed run refuse its checkpoint) is completed on load;
+    a kill before the JSON leaves the previous checkpoint intact."""
+    from scilayers.training import _fit
+
+    old, new = {"w": jnp.zeros(3)}, {"w": jnp.ones(3)}
+    _fit.save_checkpoint(tmp_path, old, {"step": 1})
+    real_replace = os.replace
+
+    def killed(src, dst):  # the process dies at the final move
+        if str(src).endswith("checkpoint.next.eqx"):
+            raise KeyboardInterrupt
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(_fit.os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        _fit.save_checkpoint(tmp_path, new, {"step": 2})
+    monkeypatch.setattr(_fit.os, "replace", real_replace)
+    tree, meta = _fit.load_checkpoint(tmp_path, old)
+    assert meta["step"] == 2 and np.all(np.asarray(tree["w"]) == 1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.eqx", "checkpoint.json"]
+    # a kill before the JSON: the pending leaves are ignored, the last pair is read
+    (tmp_path / "checkpoint.next.eqx").write_bytes(b"partial")
+    tree, meta = _fit.load_checkpoint(tmp_path, old)
+    assert meta["step"] == 2 and np.all(np.asarray(tree["w"]) == 1)

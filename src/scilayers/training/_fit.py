@@ -381,12 +381,16 @@ def _atomic_write_bytes(path: Path, writer) -> None:
 
 
 def save_checkpoint(directory: Path, tree, meta: dict) -> None:
-    """Atomically write ``tree`` (leaves) and ``meta`` (JSON, with the leaves' hash)."""
+    """Write ``tree`` (leaves) and ``meta`` (JSON, with the leaves' hash) so that a kill at
+    any instant leaves a readable pair: the new leaves go to ``checkpoint.next.eqx`` first,
+    then the JSON that names their hash, then the leaves take the place of the old ones;
+    `load_checkpoint` completes that last move if the kill came before it."""
     directory = Path(directory)
-    leaves = directory / "checkpoint.eqx"
-    _atomic_write_bytes(leaves, lambda f: eqx.tree_serialise_leaves(f, tree))
-    meta = dict(meta, sha256=_sha256(leaves))
+    leaves, pending = directory / "checkpoint.eqx", directory / "checkpoint.next.eqx"
+    _atomic_write_bytes(pending, lambda f: eqx.tree_serialise_leaves(f, tree))
+    meta = dict(meta, sha256=_sha256(pending))
     _atomic_write_bytes(directory / "checkpoint.json", lambda f: f.write(json.dumps(meta).encode()))
+    os.replace(pending, leaves)
 
 
 def read_checkpoint_meta(directory: Path) -> dict | None:
@@ -410,6 +414,10 @@ def load_checkpoint(directory: Path, template) -> tuple[Any, dict] | None:
     meta = read_checkpoint_meta(directory)
     if meta is None:
         return None
+    pending = directory / "checkpoint.next.eqx"
+    if pending.exists() and (not leaves.exists() or _sha256(leaves) != meta.get("sha256")):
+        if _sha256(pending) == meta.get("sha256"):  # killed between the JSON and the move
+            os.replace(pending, leaves)
     if not leaves.exists() or _sha256(leaves) != meta.get("sha256"):
         raise ValueError(
             f"checkpoint {leaves} is missing or does not match its hash in {meta_path} "
