@@ -5,8 +5,9 @@ members, same config and seeds, measured in the same process and interleaved.
 Both sides train exactly the same models (the test suite checks that member i of the
 ensemble equals ``fit(member i)`` to round-off). The ratio is what a user gains: the
 members vectorised, and each segment of steps one ``lax.scan`` (where `fit` returns to
-Python every step for its history, NaN guard, validation and checkpoints). Compilation is excluded by a warm-up of each side; the median of
-``--reps`` interleaved repetitions is reported with its min–max.
+Python every step for its history, NaN guard, validation and checkpoints). Compilation
+is excluded by a warm-up of each side; the median of ``--reps`` interleaved repetitions is
+reported with its min–max.
 
 Usage: python benchmarks/ensemble.py [--members 5] [--steps 100] [--reps 3] [--out FILE]
 """

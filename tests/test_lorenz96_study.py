@@ -13,7 +13,8 @@ from scilayers.experiments.lorenz96 import PRESETS, Lorenz96Study
 from scilayers.training import TrainConfig
 
 TINY = PRESETS["quick"].replace(
-    preset="tiny", j=4, dt=0.02, truth_substeps=10, climate_every=5, spinup=1.0, trajectories=20, ood_trajectories=4,
+    preset="tiny", j=4, dt=0.02, truth_substeps=10, climate_every=5, spinup=1.0,
+    trajectories=20, ood_trajectories=4,
     corr_steps=12, main_horizon=6, horizons=(3, 6, 12), field_steps=6, data_sizes=(4,),
     climate_members=4, climate_time=2.0, climate_transient=0.2, twin_time=1.0,
     benettin_steps=20, emulator_steps=4, checkpoint_every=0,

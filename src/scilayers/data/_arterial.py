@@ -358,11 +358,11 @@ def run_arterial_case(
     **Raises:** `ValueError` if the solution stops being finite or breaks the CFL
     condition (with the fix).
     """
+    from importlib.metadata import PackageNotFoundError, version
+
     import equinox as eqx
     import jax
     import jax.numpy as jnp
-
-    from importlib.metadata import PackageNotFoundError, version
 
     from ..solvers._arterial import ArterialMUSCL, arterial_stable_dt
 
