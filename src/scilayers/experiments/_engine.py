@@ -126,13 +126,30 @@ def _key(name: str, seed: int):
     return jax.random.fold_in(jax.random.key(seed), zlib.crc32(name.encode()) % (2**31))
 
 
+def train_config(study: AbstractStudy, problem: Problem, seed: int, **changes):
+    """The study's `TrainConfig` for one run of ``seed`` (with ``changes``): split over
+    every device under ``--distributed``, fitting only the measured components where the
+    problem has them (`Problem.observed`)."""
+    cfg = study.cfg
+    tc = cfg.train.replace(seed=seed, shard=cfg.train.shard or distributed.initialized(),
+                           **changes)  # fmt: skip
+    if problem.observed is not None:  # sparse measurements: fit only what was measured
+        tc = tc.replace(observed=tuple(int(i) for i in problem.observed))
+    return tc
+
+
+def hybrid(study: AbstractStudy, key, variant: str) -> Hybrid:
+    """The study's physics with its closure inside every step, kept identifiable as the
+    closure ``variant`` says (`_closure_kwargs`), network initialised from ``key``."""
+    hkw, odd = _closure_kwargs(study, variant)
+    return Hybrid(study.physics(), study.closure(key, odd=odd), coupling="closure", **hkw)
+
+
 def _train(study: AbstractStudy, problem: Problem, name: str, opts: dict, seed: int, ckpt: Path,
            resume: bool, progress: bool):  # fmt: skip
     cfg = study.cfg
-    tc = cfg.train.replace(seed=seed, lambda_physics=opts.get("lambda", cfg.lambda_physics),
-                           shard=cfg.train.shard or distributed.initialized())  # fmt: skip
-    if problem.observed is not None:  # sparse measurements: fit only what was measured
-        tc = tc.replace(observed=tuple(int(i) for i in problem.observed))
+    tc = train_config(study, problem, seed,
+                      lambda_physics=opts.get("lambda", cfg.lambda_physics))  # fmt: skip
     key = _key(opts.get("data_of", name), seed)
     n = opts.get("n_train")
     train = problem.train[:n]
@@ -153,8 +170,7 @@ def _train(study: AbstractStudy, problem: Problem, name: str, opts: dict, seed: 
         shape = problem.eval_sets["id"].state_shape
         tc = tc.replace(steps=cfg.emulator_steps or tc.steps)
         return neural_emulator(study.emulator(key), shape, train, tc, **kw)
-    hkw, odd = _closure_kwargs(study, opts.get("closure", cfg.identifiable))
-    model = Hybrid(study.physics(), study.closure(key, odd=odd), coupling="closure", **hkw)
+    model = hybrid(study, key, opts.get("closure", cfg.identifiable))
     return fit(model, train, tc.replace(strategy=opts["strategy"]), **kw)
 
 
@@ -182,16 +198,19 @@ def _rollouts(step, u0, n_steps: int, t0):
     return jax.vmap(lambda u, t: rollout(step, u, n_steps, t, check_finite=False))(u0, t0)
 
 
+def start_times(es: EvalSet, model, dt: float, count: int | None = None):
+    """The time of each forecast start of ``es`` (its first ``count`` trajectories), or
+    ``None`` where the set has no times or ``model`` takes none (a `NeuralStepper`)."""
+    if es.t0 is None or not takes_time(model):
+        return None
+    return jnp.asarray(np.asarray(es.t0)[:count] + es.start * dt)
+
+
 def forecast(model, es: EvalSet, steps: int, dt: float) -> np.ndarray:
     """Rollouts of ``model`` (already on ``es``'s domain) from each trajectory's forecast
     start, at the start's time when the set has times: ``(batch, 1 + steps, *state)``."""
     u0 = jnp.asarray(es.data[:, es.start])
-    t0 = (
-        None
-        if es.t0 is None or not takes_time(model)
-        else jnp.asarray(np.asarray(es.t0) + es.start * dt)
-    )  # a NeuralStepper takes no time
-    return np.asarray(_rollouts(model, u0, steps, t0))
+    return np.asarray(_rollouts(model, u0, steps, start_times(es, model, dt)))
 
 
 def _reference(name: str, problem: Problem, es: EvalSet, steps: int) -> np.ndarray:

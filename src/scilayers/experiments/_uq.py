@@ -39,9 +39,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..distributed import agree, initialized, is_writer
-from ..hybrid import Hybrid, NeuralStepper
+from ..distributed import agree, is_writer
+from ..hybrid import NeuralStepper
 from ..params import LogNormal, values
+from ..solvers import takes_time
 from ..uq import (
     AR1,
     ensemble_forecast,
@@ -66,14 +67,12 @@ def _key(name: str, seed: int):
 
 
 def _members(study: AbstractStudy, problem: Problem, method: str, seed: int):
-    """The initial ensemble of ``method`` and its training config."""
-    from ._engine import _closure_kwargs
+    """The initial ensemble of ``method`` and its training config (the engine's: under
+    ``--distributed`` the members are split over every device)."""
+    from ._engine import hybrid, train_config
 
     cfg = study.cfg
-    # under `scilayers run --distributed`, the members are split over every device
-    tc = cfg.train.replace(seed=seed, shard=cfg.train.shard or initialized())
-    if problem.observed is not None:
-        tc = tc.replace(observed=tuple(int(i) for i in problem.observed))
+    tc = train_config(study, problem, seed)
     key = _key(method, seed)
     if method == "neural_emulator":
         shape = problem.eval_sets["id"].state_shape
@@ -85,10 +84,9 @@ def _members(study: AbstractStudy, problem: Problem, method: str, seed: int):
             f"uq_methods: {method!r} has no ensemble; choose hybrid_joint, hybrid_fixed_theta "
             f"or neural_emulator."
         )
-    hkw, odd = _closure_kwargs(study, cfg.identifiable)
 
     def build(k):
-        return Hybrid(study.physics(), study.closure(k, odd=odd), coupling="closure", **hkw)
+        return hybrid(study, k, cfg.identifiable)
 
     strategy = "joint" if method == "hybrid_joint" else "fixed"
     theta = "jitter" if strategy == "joint" else "keep"
@@ -104,11 +102,10 @@ class _ErrorModel:
         val = jnp.asarray(problem.val)
         t0 = None if problem.val_t0 is None else jnp.asarray(problem.val_t0)
         res = np.concatenate(
-            [np.asarray(one_step_residuals(m, val, t0 if _timed(m) else None)) for m in models]
+            [np.asarray(one_step_residuals(m, val, t0 if takes_time(m) else None)) for m in models]
         )
         self.per_component = fit_ar1(res, per_component=True, max_phi=0.98)
         self.pooled = fit_ar1(res, max_phi=0.98)
-
         self.inflation = 1.0
 
     def on(self, shape: tuple[int, ...]):
@@ -126,7 +123,7 @@ class _ErrorModel:
         u0 = jnp.asarray(np.concatenate([val[:, s] for s in starts]))
         truth = np.concatenate([val[:, s + lead] for s in starts]).astype(np.float64)
         t0 = None
-        if problem.val_t0 is not None and _timed(models[0]):
+        if problem.val_t0 is not None and takes_time(models[0]):
             t0 = jnp.asarray(np.concatenate([np.asarray(problem.val_t0) + s * dt for s in starts]))
         stacked = stack_members(models)
         shape = tuple(val.shape[2:])
@@ -152,15 +149,9 @@ class _ErrorModel:
         return self.inflation * self.per_component.sigma
 
 
-def _timed(model) -> bool:
-    from ..solvers import takes_time
-
-    return takes_time(model)
-
-
 def _forecasts(study: AbstractStudy, problem: Problem, models: list, error, seed: int):
     """Sampled rollouts of every model (moved to each set) from each set's start, scored."""
-    from ._engine import transfer
+    from ._engine import start_times, transfer
 
     cfg = study.cfg
     n = cfg.main_horizon
@@ -169,9 +160,7 @@ def _forecasts(study: AbstractStudy, problem: Problem, models: list, error, seed
         b = min(cfg.uq_trajectories, es.data.shape[0])
         stacked = stack_members([transfer(study, m, es) for m in models])
         u0 = jnp.asarray(es.data[:b, es.start])
-        t0 = None
-        if es.t0 is not None and _timed(models[0]):
-            t0 = jnp.asarray(np.asarray(es.t0)[:b] + es.start * cfg.dt)
+        t0 = start_times(es, models[0], cfg.dt, b)
         fc = ensemble_forecast(stacked, u0, n, _key(f"forecast/{name}", seed), t0=t0,
                                samples=cfg.uq_samples, error=error.on(es.state_shape))  # fmt: skip
         pred = fc.prediction()
@@ -207,7 +196,7 @@ def _ensemble(study: AbstractStudy, problem: Problem, method: str, seed: int, pr
     cfg = study.cfg
     members, tc = _members(study, problem, method, seed)
     t0 = problem.train_t0
-    res = train_ensemble(members, problem.train, tc, t0=t0 if _timed(members) else None)
+    res = train_ensemble(members, problem.train, tc, t0=t0 if takes_time(members) else None)
     models = [member(res.models, i) for i in range(cfg.uq_members)
               if not bool(res.diverged[i])]  # fmt: skip
     if not models:
@@ -246,7 +235,7 @@ def _bayes(study: AbstractStudy, problem: Problem, seed: int, out: Path, progres
     error = _ErrorModel([model], problem)
     b = min(cfg.bayes_trajectories, problem.train.shape[0])
     data = problem.train[:b]
-    t0 = None if problem.train_t0 is None or not _timed(model) else problem.train_t0[:b]
+    t0 = None if problem.train_t0 is None or not takes_time(model) else problem.train_t0[:b]
     scale = float(np.sqrt(np.mean(np.asarray(error.sigma) ** 2
                                   / np.maximum(1 - np.asarray(error.phi) ** 2, 1e-6))))  # fmt: skip
     post = posterior_theta(

@@ -246,6 +246,18 @@ def _scaled_case(case, *, n_cells=None, gamma=None, period=1.0, amplitude=1.0):
     )  # fmt: skip
 
 
+def _cycles(x, t, first: int, count: int, length: int):
+    """``count`` windows of one cycle (``length + 1`` states each) from index ``first`` of
+    the states ``x`` at times ``t``, and their start times."""
+    idx = [first + i * length for i in range(count)]
+    return np.stack([x[i : i + length + 1] for i in idx]), np.asarray([t[i] for i in idx])
+
+
+def _measured(x, std, rng):
+    """``x`` with Gaussian measurement noise of standard deviation ``std`` (float32)."""
+    return (x + std * rng.standard_normal(x.shape)).astype(np.float32)
+
+
 def _visco_matrix(case, dt: float, phi: float) -> np.ndarray:
     """``(I − dt ν_w D²)⁻¹`` per vessel (block diagonal), reflecting ends."""
     n = sum(v.n_cells for v in case.vessels)
@@ -428,15 +440,10 @@ class HemodynamicsStudy(AbstractStudy):
         std = s.std(0, keepdims=True) + 1e-6
 
         def noisy(x):
-            return (x + c.noise * std * rng.standard_normal(x.shape)).astype(np.float32)
+            return _measured(x, c.noise * std, rng)
 
-        def chunks(x, tt, first, count):
-            idx = [first + i * L for i in range(count)]
-            return (np.stack([x[i : i + L + 1] for i in idx]),
-                    np.asarray([tt[i] for i in idx]))  # fmt: skip
-
-        train, train_t0 = chunks(s, t, 0, c.train_cycles)
-        val, val_t0 = chunks(s, t, c.train_cycles * L, c.val_cycles)
+        train, train_t0 = _cycles(s, t, 0, c.train_cycles, L)
+        val, val_t0 = _cycles(s, t, c.train_cycles * L, c.val_cycles, L)
         n = c.context_steps + c.corr_steps
         sets = {}
         for name in self._set_names():
@@ -564,12 +571,9 @@ class HemodynamicsStudy(AbstractStudy):
         for patient in range(c.patients):
             s, t = self._simulate(patient, 1.0, 1.0, c.train_cycles)
             rng = np.random.default_rng([c.data_seed, 7, patient])
-            std = s.std(0, keepdims=True) + 1e-6
-            s = (s + c.noise * std * rng.standard_normal(s.shape)).astype(np.float32)
-            idx = [i * L for i in range(c.train_cycles)]
-            data = np.stack([s[i : i + L + 1] for i in idx])
-            fit = calibrate(self.physics(), data, tc, t0=np.asarray([t[i] for i in idx]),
-                            progress=progress)  # fmt: skip
+            s = _measured(s, c.noise * (s.std(0, keepdims=True) + 1e-6), rng)
+            data, t0 = _cycles(s, t, 0, c.train_cycles, L)
+            fit = calibrate(self.physics(), data, tc, t0=t0, progress=progress)
             learned = {k: np.asarray(v, dtype=float).reshape(-1)
                        for k, v in values(fit.model).items()}  # fmt: skip
             true = self.patient_theta(patient)
