@@ -266,3 +266,16 @@ def test_uq_ensemble_block_and_report(tmp_path):
     # the ensemble is cached with the other runs: a resumed study does not retrain it
     again = run_study(BurgersStudy(cfg), [0], tmp_path, resume=True, progress=False, log=quiet)
     assert again["uq"]["methods"]["hybrid_joint"]["train_seconds"] == joint["train_seconds"]
+
+
+def test_poorly_identified_entries_of_an_array_param_mark_the_param():
+    """The identifiability diagnostic names the entries of an array Param (``E[0]``); the
+    θ_s block is keyed by Param, so either spelling marks it, and no other Param."""
+    from scilayers.experiments._engine import _theta_block
+
+    study = BurgersStudy(TINY)
+    per_seed = [{"theta": {"nu": 0.12}}]
+    for poorly in ({"nu"}, {"nu[0]"}):
+        assert _theta_block(study, per_seed, poorly)["nu"]["identifiable"] is False
+    for poorly in (set(), {"nux[0]"}):
+        assert "identifiable" not in _theta_block(study, per_seed, poorly)["nu"]

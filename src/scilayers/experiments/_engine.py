@@ -375,7 +375,7 @@ def _theta_block(study: AbstractStudy, per_seed: list[dict], poorly: set[str]) -
             t = float(np.mean(np.asarray(true[k])))
             entry["true"] = t
             entry["rel_error"] = M.summary([M.relative_error(v, t) for v in learned])
-        if k in poorly:
+        if k in poorly or any(q.startswith(f"{k}[") for q in poorly):  # E[0] of array E
             entry["identifiable"] = False
         out[k] = entry
     return out
