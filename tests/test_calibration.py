@@ -90,6 +90,23 @@ def test_picp_of_the_true_distribution_is_nominal(key):
         assert abs(sl.metrics.picp(truth[:n], ens, level) - level) < _binomial_tol(level, n) + 0.01
 
 
+def test_a_small_calibrated_ensemble_covers_nominally(key):
+    """Twenty members and the truth drawn from one distribution: the 50 % and 90 %
+    intervals cover 0.50 and 0.90 (rank positions (M + 1)p). Linear-interpolation
+    quantiles would cover (M + 1 - 2(1 + (M - 1)(1 - level)/2))/(M + 1): 0.45 and 0.81.
+    Too few members for 95 % ((M + 1)·0.025 < 1): [min, max], covering (M - 1)/(M + 1)."""
+    m, n = 20, 40_000
+    draws = np.asarray(jax.random.normal(key, (m + 1, n)))
+    truth, ens = draws[0], EnsemblePrediction(draws[1:])
+    for level in (0.5, 0.9):
+        assert abs(sl.metrics.picp(truth, ens, level) - level) < _binomial_tol(level, n)
+    lo, hi = sl.metrics.interval(ens, 0.95)
+    np.testing.assert_array_equal(lo, draws[1:].min(0))
+    np.testing.assert_array_equal(hi, draws[1:].max(0))
+    want = (m - 1) / (m + 1)
+    assert abs(sl.metrics.picp(truth, ens, 0.95) - want) < _binomial_tol(want, n)
+
+
 def test_a_too_narrow_ensemble_under_covers(key):
     """Members with half the true spread cover the 90 % interval with probability
     2Φ(0.5·1.645) - 1 ≈ 0.59, and their spread–skill ratio is about 0.5."""

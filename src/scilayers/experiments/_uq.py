@@ -167,7 +167,7 @@ def _forecasts(study: AbstractStudy, problem: Problem, models: list, error, seed
         truth = es.data[:b, es.start : es.start + n + 1]
         sets[name] = (truth, pred)
         samples = np.asarray(pred.samples)[:, 0].reshape(pred.samples.shape[0], n + 1, -1)
-        lo, hi = np.quantile(samples[..., 0], [0.05, 0.95], axis=0)
+        lo, hi = np.quantile(samples[..., 0], [0.05, 0.95], axis=0, method="weibull")
         shown[name] = np.stack(
             [truth[0].reshape(n + 1, -1)[:, 0], samples[..., 0].mean(0), lo, hi]
         ).astype(np.float32)

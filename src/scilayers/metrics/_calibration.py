@@ -199,8 +199,17 @@ def pit(truth: ArrayLike, pred: Prediction) -> np.ndarray:
 
 def interval(pred: Prediction, level: float = 0.9) -> tuple[np.ndarray, np.ndarray]:
     """The central ``level`` prediction interval ``(lower, upper)`` per point: ``mean ±
-    z std`` (``z`` the standard normal ``(1 + level)/2`` quantile) for a Gaussian, the
-    empirical ``(1 ∓ level)/2`` quantiles (linear interpolation) for an ensemble."""
+    z std`` (``z`` the standard normal ``(1 + level)/2`` quantile) for a Gaussian; for an
+    ensemble of ``M`` draws, the order statistics at ranks ``(M + 1)(1 ∓ level)/2``
+    (interpolated between neighbours; NumPy's ``"weibull"`` quantiles).
+
+    Those ranks make the interval's expected coverage of a new draw from the ensemble's
+    distribution exactly ``level`` for any ``M`` (the k-th of M exchangeable draws lies
+    below a new one with probability ``k/(M + 1)``). The usual linear-interpolation
+    quantiles do not: with ``M = 20`` their 90 % interval covers 0.81 and their 50 %
+    interval 0.45 of a calibrated truth. Where ``(M + 1)(1 - level)/2 < 1`` the ensemble is
+    too small for the level: the interval is ``[min, max]``, covering ``(M - 1)/(M + 1)``
+    (e.g. 95 % needs ``M >= 39``)."""
     level = _check_level(level)
     if isinstance(pred, GaussianPrediction):
         z = NormalDist().inv_cdf(0.5 + level / 2)
@@ -208,7 +217,8 @@ def interval(pred: Prediction, level: float = 0.9) -> tuple[np.ndarray, np.ndarr
         return mean - z * std, mean + z * std
     if isinstance(pred, EnsemblePrediction):
         s = np.asarray(pred.samples, np.float64)
-        lo, hi = np.quantile(s, [0.5 - level / 2, 0.5 + level / 2], axis=0)
+        q = [0.5 - level / 2, 0.5 + level / 2]
+        lo, hi = np.quantile(s, q, axis=0, method="weibull")
         return lo, hi
     return interval(_check(np.zeros(()), pred)[1], level)  # raises the standard message
 
