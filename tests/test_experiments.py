@@ -69,7 +69,31 @@ def test_results_follow_the_documented_format(study):
     for name in ("pure_physics_calibrated", "hybrid_joint", "neural_emulator"):
         conv = on_disk["methods"][name]["convergence"]
         assert conv["criterion"] and len(conv["converged"]) == 2
+        # two validations cannot show a plateau: one extension round of 4 steps each
+        assert conv["steps"]["per_seed"] == [8, 8], name
+        assert (out / "checkpoints" / name / "seed1" / "extend1" / "checkpoint.json").exists()
+    assert on_disk["ablations"]["lambda_physics"]  # ablations keep the equal budget:
+    assert not list((out / "checkpoints").glob("abl_*/seed0/extend1"))
     assert (out / "report.md").exists() is False  # run_study leaves the report to main()
+
+
+def test_convergence_of_an_extended_run_is_judged_on_its_last_round():
+    """After extension rounds, the verdict compares the last round's best validation loss
+    with the best before it: 4 % better is a plateau, 6 % better is not; without rounds,
+    the last quarter of the validations against the rest."""
+    from scilayers.experiments._engine import _convergence
+
+    def hist(val, rounds=None):
+        h = {"val_loss": val, "val_step": list(range(len(val))), "step": list(range(10))}
+        return h if rounds is None else {**h, "val_round": rounds}
+
+    assert _convergence(hist([4, 2, 1.0, 0.96], [0, 0, 0, 1]), False)["converged"]
+    assert not _convergence(hist([4, 2, 1.0, 0.94], [0, 0, 0, 1]), False)["converged"]
+    assert not _convergence(hist([4, 2, 1.0, 0.99, 0.94], [0, 0, 1, 1, 2]), False)["converged"]
+    assert _convergence(hist([4, 3, 2, 1.0, 0.99, 0.98, 0.97, 0.96]), False)["converged"]
+    assert not _convergence(hist([4, 3, 2, 1.5, 1.4, 1.3, 1.2, 1.0]), False)["converged"]
+    out = _convergence(hist([4, 2, 1.0, 0.96], [0, 0, 0, 1]), False)
+    assert out["extensions"] == 1 and out["final_loss"] == 0.96
 
 
 def test_theta_is_read_from_the_params(study):
@@ -85,7 +109,7 @@ def test_theta_is_read_from_the_params(study):
     joint = results["methods"]["hybrid_joint"]["theta"]["nu"]["learned"]
     assert all(v != pytest.approx(TINY.nu_prior) for v in joint)
     hist = results["methods"]["hybrid_joint"]["theta_history"]["nu"]
-    assert len(hist) == 2 and len(hist[0]) == TINY.train.steps
+    assert len(hist) == 2 and len(hist[0]) == 2 * TINY.train.steps  # + one extension round
     assert results["methods"]["neural_emulator"]["theta"] == {}
 
 

@@ -72,7 +72,9 @@ DETERMINISTIC = ("persistence", "climatology", "pure_physics")
 CONVERGENCE_RULE = (
     "converged if the best validation loss (fixed held-out windows) of the last quarter of "
     "the validations improves on the best before it by less than 5 % (a plateau), or if "
-    "validation early-stopped"
+    "validation early-stopped; a method that is not is trained on at its final learning "
+    "rate, a quarter of its budget at a time (up to the preset's extend_rounds), and "
+    "converges when such an extension improves the best validation loss by less than 5 %"
 )
 
 
@@ -162,16 +164,68 @@ def _train(study: AbstractStudy, problem: Problem, name: str, opts: dict, seed: 
         kw.update(checkpoint_dir=ckpt, resume=resume or found)
     kind = opts["kind"]
     if kind == "calibrate":
-        return calibrate(study.physics(), train, tc, **kw)
-    if kind == "sequential":
-        return sequential_hybrid(study.physics(), study.closure(key), train, tc, **kw)
-    if kind == "emulator":  # cheap per step: trained longer, to its own convergence
+        res = calibrate(study.physics(), train, tc, **kw)
+    elif kind == "sequential":
+        res = sequential_hybrid(study.physics(), study.closure(key), train, tc, **kw)
+    elif kind == "emulator":  # cheap per step: trained longer, to its own convergence
         kw.pop("t0", None), kw.pop("val_t0", None)  # a NeuralStepper takes no time
         shape = problem.eval_sets["id"].state_shape
         tc = tc.replace(steps=cfg.emulator_steps or tc.steps)
-        return neural_emulator(study.emulator(key), shape, train, tc, **kw)
-    model = hybrid(study, key, opts.get("closure", cfg.identifiable))
-    return fit(model, train, tc.replace(strategy=opts["strategy"]), **kw)
+        res = neural_emulator(study.emulator(key), shape, train, tc, **kw)
+    else:
+        model = hybrid(study, key, opts.get("closure", cfg.identifiable))
+        tc = tc.replace(strategy=opts["strategy"])
+        res = fit(model, train, tc, **kw)
+    if name.startswith("abl_"):  # ablations compare variants at one equal budget
+        return res
+    return _train_on(res, tc, kind, train, kw, cfg.extend_rounds)
+
+
+def _train_on(res, tc, kind: str, train, kw: dict, rounds: int):
+    """Train a method that has not converged (`_convergence`) on, at the final learning
+    rate of its schedule, a quarter of its budget per round, until a round improves the
+    best validation loss by less than 5 % or ``rounds`` are done. Each round checkpoints in
+    its own folder (``extend<i>``), so a killed study resumes inside it. Returns ``res``
+    with the histories joined and ``val_round`` marking each validation's round."""
+    history = {k: np.asarray(v) for k, v in res.history.items()}
+    if "val_loss" not in history:
+        return res
+    history["val_round"] = np.zeros(len(history["val_loss"]), dtype=int)
+    factor = 0.1 if tc.schedule == "cosine" else 1.0
+    strategy = {"calibrate": "joint", "sequential": "fixed", "emulator": "joint"}.get(kind)
+    if strategy is None:  # a hybrid: staged goes on as its fine-tune stage did
+        staged_tail = "joint" if tc.stage_fractions[2] > 0 else "fixed"
+        strategy = staged_tail if tc.strategy == "staged" else tc.strategy
+    horizon = tc.horizon_schedule[-1] if tc.horizon_schedule else tc.horizon
+    more = tc.replace(
+        strategy=strategy, steps=max(tc.val_every * 2, tc.steps // 4), schedule="constant",
+        lr_theta=tc.lr_theta * factor, lr_net=tc.lr_net * factor, patience=None,
+        horizon=1 if kind == "sequential" else horizon, horizon_schedule=(),
+    )  # fmt: skip
+    seconds = res.seconds
+    for i in range(1, rounds + 1):
+        if _convergence(history, False)["converged"]:
+            break
+        ext_kw = dict(kw)
+        if "checkpoint_dir" in kw:
+            folder = ext_kw["checkpoint_dir"] = Path(kw["checkpoint_dir"]) / f"extend{i}"
+            if not kw.get("resume") and folder.exists() and distributed.is_writer():
+                shutil.rmtree(folder)  # left by an earlier run; the first fit was fresh
+        nxt = fit(res.model, train, more, **ext_kw)
+        offset = int(history["step"][-1]) + 1 if len(history.get("step", [])) else 0
+        joined = {}
+        for k, v in history.items():
+            if k == "val_round":
+                joined[k] = np.concatenate([v, np.full(len(nxt.history["val_loss"]), i)])
+            elif k in nxt.history:
+                w = np.asarray(nxt.history[k])
+                joined[k] = np.concatenate([v, w + offset if k in ("step", "val_step") else w])
+            else:
+                joined[k] = v
+        history, seconds = joined, seconds + nxt.seconds
+        res = dataclasses.replace(nxt, history=history, seconds=seconds,
+                                  memory=res.memory or nxt.memory)  # fmt: skip
+    return dataclasses.replace(res, history=history)
 
 
 def transfer(study: AbstractStudy, model, eval_set: EvalSet):
@@ -270,6 +324,13 @@ def _convergence(history: dict, early_stopped: bool) -> dict:
     if val.size < 4:
         data = np.asarray(history.get("data", [np.nan]), dtype=float)
         return {"final_loss": float(data[-1]), "converged": early_stopped, "steps": steps}
+    rounds = np.asarray(history.get("val_round", []), dtype=int)
+    if rounds.size == val.size and rounds.size and rounds.max() > 0:  # trained on: the last
+        last = np.nanmin(val[rounds == rounds.max()])  # extension against all before it
+        before = np.nanmin(val[rounds < rounds.max()])
+        plateau = bool(np.isfinite(last) and last >= 0.95 * before)
+        return {"final_loss": float(min(last, before)), "converged": plateau or early_stopped,
+                "steps": steps, "extensions": int(rounds.max())}  # fmt: skip
     k = max(1, val.size // 4)
     last, before = np.nanmin(val[-k:]), np.nanmin(val[:-k])
     plateau = bool(np.isfinite(last) and last >= 0.95 * before)

@@ -51,6 +51,9 @@ class StudyConfig:
     - `emulator_steps`: the neural emulator's step budget (``None``: ``train.steps``); it
       is cheap per step and needs more steps to converge, so it gets them.
     - `train`: the training budget every trained method shares (the emulator may get more).
+    - `extend_rounds`: how often a main method that has not converged by the engine's rule
+      (`scilayers.experiments._engine.CONVERGENCE_RULE`) is trained on, a quarter of its
+      budget at a time at its final learning rate (0: never; ablations never are).
     - `uq`: uncertainty quantification (``"none"``, ``"ensemble"`` or ``"bayes"``; the CLI's
       ``--uq``; see `scilayers.experiments._uq`): `uq_methods` get a deep ensemble of
       `uq_members` members (θ_s starts jittered by `uq_jitter` in unconstrained units),
@@ -86,6 +89,7 @@ class StudyConfig:
     pinn_seeds: int | None = None
     checkpoint_every: int = 100
     emulator_steps: int | None = None
+    extend_rounds: int = 1
     train: TrainConfig = field(default_factory=TrainConfig)
     uq: str = "none"
     uq_methods: tuple[str, ...] = ("hybrid_joint", "neural_emulator")
@@ -113,6 +117,8 @@ class StudyConfig:
                 f"uq_members must be >= 2 and uq_samples >= 1, got {self.uq_members}, "
                 f"{self.uq_samples}."
             )
+        if not (isinstance(self.extend_rounds, int) and self.extend_rounds >= 0):
+            raise ValueError(f"extend_rounds must be an integer >= 0, got {self.extend_rounds!r}.")
         if any(s < 1 for s in self.data_sizes):
             raise ValueError(f"data_sizes must be positive, got {self.data_sizes}.")
 

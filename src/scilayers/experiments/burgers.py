@@ -56,7 +56,8 @@ PRESETS = {
     ),
 }  # fmt: skip
 PRESETS["full"] = PRESETS["quick"].replace(
-    preset="full", trajectories=400, data_sizes=(4, 16, 64), lambda_sweep=(0.0, 0.1, 1.0),
+    preset="full", extend_rounds=3, trajectories=400, data_sizes=(4, 16, 64),
+    lambda_sweep=(0.0, 0.1, 1.0),
     train=PRESETS["quick"].train.replace(steps=1000, batch_size=32, horizon=10),
 )
 

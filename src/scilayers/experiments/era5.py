@@ -169,7 +169,7 @@ PRESETS = {
     ),
 }
 PRESETS["full"] = PRESETS["quick"].replace(
-    preset="full",
+    preset="full", extend_rounds=3,
     coarsen=1,
     test_every=3,
     online_every=3,

@@ -124,7 +124,8 @@ PRESETS: dict[str, HemoConfig] = {
     ),
 }  # fmt: skip
 PRESETS["full"] = PRESETS["quick"].replace(
-    preset="full", n_cells=32, patients=8, cohort_steps=150, train_cycles=6, test_cycles=3,
+    preset="full", extend_rounds=3, n_cells=32, patients=8, cohort_steps=150, train_cycles=6,
+    test_cycles=3,
     closure_variants=("unrestricted", "orthogonal"), lambda_sweep=(0.0, 1e-3, 1e-2),
     data_sizes=(1, 3), ablation_seeds=None, emulator_steps=1000,
     train=_QUICK_TRAIN.replace(steps=300, batch_size=16, horizon=8, val_every=50),

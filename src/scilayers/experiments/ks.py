@@ -94,7 +94,7 @@ PRESETS: dict[str, KSConfig] = {
                       data_sizes=(1, 4, 16), data_seeds=1, ablation_seeds=1,
                       lambda_sweep=(0.0, 0.1, 1.0)),  # fmt: skip
     "full": KSConfig(
-        preset="full",
+        preset="full", extend_rounds=3,
         trajectories=1000,
         traj_steps=300,
         n_test=32,

@@ -121,7 +121,7 @@ PRESETS = {
     ),
 }
 PRESETS["full"] = PRESETS["quick"].replace(
-    preset="full",
+    preset="full", extend_rounds=3,
     trajectories=640,
     ood_trajectories=64,
     lambda_sweep=(0.0, 1e-3, 1e-2),
