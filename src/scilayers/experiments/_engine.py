@@ -715,7 +715,39 @@ def _generic_targets(res: dict) -> list[dict]:
     out.append({"name": "every trained method meets its convergence criterion on every seed",
                 "value": "all" if not unconverged else "not: " + ", ".join(unconverged),
                 "target": "all", "pass": not unconverged})  # fmt: skip
+    return out + _uq_targets(res.get("uq"))
+
+
+def _uq_targets(uq: dict | None) -> list[dict]:
+    """Issue-level UQ targets at the main lead time: hybrid_joint's 90 % coverage and
+    spread–skill in domain, and its CRPS below the emulator's on every shifted set."""
+    if not uq or "hybrid_joint" not in uq.get("methods", {}):
+        return []
+    kind = uq.get("kind", "ensemble")
+    joint = uq["methods"]["hybrid_joint"]
+    at = {k: v["at_lead"] for k, v in joint.items() if isinstance(v, dict) and "at_lead" in v}
+    out = []
+    if "id" in at:
+        picp, ss = at["id"].get("picp_90"), at["id"].get("spread_skill")
+        out.append({"name": f"uq ({kind}): hybrid_joint PICP90 in domain",
+                    "value": _g3(picp), "target": "0.85-0.95",
+                    "pass": picp is not None and 0.85 <= picp <= 0.95})  # fmt: skip
+        out.append({"name": f"uq ({kind}): hybrid_joint spread/skill in domain",
+                    "value": _g3(ss), "target": "0.8-1.2",
+                    "pass": ss is not None and 0.8 <= ss <= 1.2})  # fmt: skip
+    emu = uq["methods"].get("neural_emulator", {})
+    for name in (k for k in at if k != "id"):
+        a = at[name].get("crps")
+        b = emu.get(name, {}).get("at_lead", {}).get("crps") if isinstance(emu, dict) else None
+        if a is not None and b is not None:
+            out.append({"name": f"uq ({kind}), {name}: hybrid_joint CRPS below neural_emulator",
+                        "value": f"{a:.3g} vs {b:.3g}", "target": "lower",
+                        "pass": bool(a < b)})  # fmt: skip
     return out
+
+
+def _g3(x) -> str:
+    return "—" if x is None else f"{x:.3g}"
 
 
 def _generic_notes(study: AbstractStudy, problem: Problem) -> list[str]:

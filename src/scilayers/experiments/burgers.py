@@ -50,7 +50,7 @@ PRESETS = {
     "quick": BurgersConfig(
         dt=0.1, context_steps=5, corr_steps=40, main_horizon=20, horizons=(5, 10, 20, 40),
         field_steps=40, data_sizes=(), lambda_sweep=(0.0,), closure_variants=("unrestricted",),
-        pinn=PINNConfig(adam_steps=400, lbfgs_steps=100), pinn_trajectories=2,
+        pinn=PINNConfig(adam_steps=400, lbfgs_steps=1000), pinn_trajectories=2, pinn_seeds=1,
         train=TrainConfig(steps=300, batch_size=8, horizon=5, lr_theta=5e-2, lr_net=3e-3,
                           val_every=50),
     ),

@@ -86,10 +86,10 @@ class KSConfig(StudyConfig):
 
 _TRAIN = TrainConfig(steps=200, batch_size=16, horizon=10, lr_theta=3e-2, lr_net=2e-3,
                      val_every=20)  # fmt: skip
-_PINN = PINNConfig(adam_steps=2000, lbfgs_steps=300)
+_PINN = PINNConfig(adam_steps=2000, lbfgs_steps=1000)
 
 PRESETS: dict[str, KSConfig] = {
-    "quick": KSConfig(train=_TRAIN, pinn=_PINN, pinn_trajectories=4, pinn_seeds=1,
+    "quick": KSConfig(train=_TRAIN, pinn=_PINN, pinn_trajectories=2, pinn_seeds=1,
                       emulator_steps=1000,
                       data_sizes=(1, 4, 16), data_seeds=1, ablation_seeds=1,
                       lambda_sweep=(0.0, 0.1, 1.0)),  # fmt: skip
@@ -107,7 +107,7 @@ PRESETS: dict[str, KSConfig] = {
         lambda_sweep=(0.0, 0.1, 1.0),
         emulator_steps=3000,
         train=_TRAIN.replace(steps=600, val_every=50),
-        pinn=PINNConfig(adam_steps=3000, lbfgs_steps=500),
+        pinn=PINNConfig(adam_steps=3000, lbfgs_steps=1500),
     ),
     # The study's first design (dispersive truth, travelling waves), run by the engine, to
     # show that it reproduces the earlier table before the truth changed.
