@@ -116,7 +116,10 @@ class AneurysmConfig:
     vessel, `steps_per_cycle` steps per period; the truth's lattice is `refine` times
     finer (``refine = 1``: the truth on the models' own lattice, no model error).
     `truth_cycles` / `eval_cycles`: cycles run from rest (the last one recorded, at
-    `record_phases` phases); `wall_points` points on the sac wall.
+    `record_phases` phases); `wall_points` points on the sac wall. `wall`: the solver's
+    no-slip walls for the truth and every lattice model, ``"bouzidi"`` (default:
+    interpolated bounce-back at the analytic wall, second order) or ``"halfway"``
+    (bounce-back on the cell faces, a staircase sac wall).
 
     **Truth**: `true_mu_0`, `true_mu_inf` (Pa s), `true_lam` (s), `true_n`.
 
@@ -158,6 +161,7 @@ class AneurysmConfig:
     eval_cycles: int = 3
     record_phases: int = 16
     wall_points: int = 48
+    wall: str = "bouzidi"
     true_mu_0: float = 0.08
     true_mu_inf: float = 0.0042
     true_lam: float = 2.2
@@ -213,6 +217,8 @@ class AneurysmConfig:
                 f"record_phases ({self.record_phases}) must divide steps_per_cycle "
                 f"({self.steps_per_cycle})."
             )
+        if self.wall not in ("bouzidi", "halfway"):
+            raise ValueError(f"wall must be 'bouzidi' or 'halfway', got {self.wall!r}.")
         if self.refine < 1 or self.cells_across < 4:
             raise ValueError("refine must be >= 1 and cells_across >= 4.")
         if self.max_seeds is not None and self.max_seeds < 1:
@@ -268,17 +274,18 @@ class Lattice:
     steps: int  # per cycle
     waveform: Waveform
     mask: np.ndarray
+    wall: str = "bouzidi"
 
     @property
     def shape(self) -> tuple[int, int]:
         return self.mask.shape
 
     def model(self, rheology) -> IncompressibleFlow2D:
-        return IncompressibleFlow2D(rheology, self.mask, self.dx, rho=BLOOD_DENSITY,
+        return IncompressibleFlow2D(rheology, self.case.geometry, self.dx, rho=BLOOD_DENSITY,
                                     inflow=self.waveform)  # fmt: skip
 
     def stepper(self, rheology) -> LatticeBoltzmann:
-        return LatticeBoltzmann(self.model(rheology), self.dt)
+        return LatticeBoltzmann(self.model(rheology), self.dt, wall=self.wall)
 
     def sac_wall(self, n: int):
         return self.case.geometry.sac_wall(self.dx, n)
@@ -719,7 +726,7 @@ class AneurysmStudy(AbstractStudy):
                 f"steps_per_cycle."
             )
         wave = self.base_waveform().rescaled(mean=cfg.mean_velocity, period=case.period)
-        return Lattice(case, dx, dt, steps, wave, case.geometry.mask(dx))
+        return Lattice(case, dx, dt, steps, wave, case.geometry.mask(dx), cfg.wall)
 
     @property
     def speed_ref(self) -> float:
@@ -750,8 +757,8 @@ class AneurysmStudy(AbstractStudy):
         keep = {k: v for k, v in cfg.to_dict().items() if k in (
             "waveform", "mean_velocity", "period", "diameter", "length", "sac_radius",
             "neck_width", "cells_across", "steps_per_cycle", "refine", "truth_cycles",
-            "record_phases", "wall_points", "true_mu_0", "true_mu_inf", "true_lam", "true_n",
-            "ood", "ood_sac_radius", "ood_neck_width", "ood_period")}  # fmt: skip
+            "record_phases", "wall_points", "wall", "true_mu_0", "true_mu_inf", "true_lam",
+            "true_n", "ood", "ood_sac_radius", "ood_neck_width", "ood_period")}  # fmt: skip
         keep["dtype"] = str(jnp.result_type(float))
         keep["version"] = 1
         return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]

@@ -14,9 +14,10 @@ cells; walls are no-slip. With an inflow the domain is open in ``x``: a velocity
 the last; without one it is periodic in ``x``.
 
 Geometry conventions: cell ``(i, j)`` has its centre at ``((i + ½) dx, (j + ½) dx)``
-(``x`` along the vessel, ``y`` across), a cell is fluid if its centre is; walls sit on
-cell faces (halfway between a fluid and a solid cell centre), which is where the solver's
-halfway bounce-back puts them.
+(``x`` along the vessel, ``y`` across), a cell is fluid if its centre is. A geometry's
+``level_set(x, y, dx)`` (positive in the fluid, zero on the wall) is its analytic wall:
+the solver's halfway bounce-back puts the wall on the cell faces between fluid and solid
+cells (a staircase), its interpolated (Bouzidi) walls where the level set crosses zero.
 """
 
 from __future__ import annotations
@@ -157,23 +158,48 @@ class WallPoints:
 
 @dataclasses.dataclass(frozen=True)
 class Channel:
-    """A straight channel of width `width` (m) and length `length` (m), with one solid row
-    below and above. Walls at ``y = dx`` and ``y = dx + width`` (``width`` a multiple of
-    ``dx`` puts them exactly on cell faces)."""
+    """A straight channel of width `width` (m) and length `length` (m), with at least one
+    solid row below and above. Walls at ``y₀ = dx + offset`` and ``y₀ + width``; with
+    ``offset = 0`` and ``width`` a multiple of ``dx`` they sit exactly on cell faces
+    (where halfway bounce-back puts them), otherwise between faces, where only an
+    interpolated wall (``LatticeBoltzmann(..., wall="bouzidi")``) puts them.
+
+    **Arguments:** `width`, `length` (m); `offset` (m, default 0, within ``[−dx/2, dx/2)``
+    of the lattice it is put on).
+    """
 
     width: float
     length: float
+    offset: float = 0.0
+
+    def _wall_lines(self, dx: float) -> tuple[float, float]:
+        if not -0.5 * dx <= self.offset < 0.5 * dx:
+            raise ValueError(
+                f"Channel: offset {self.offset} m must lie within [-dx/2, dx/2) of the "
+                f"lattice (dx = {dx} m)."
+            )
+        _cells(self.width, dx, "width")
+        y0 = dx + self.offset
+        return y0, y0 + self.width
 
     def mask(self, dx: float) -> np.ndarray:
         nx = _cells(self.length, dx, "length")
-        ny = _cells(self.width, dx, "width") + 2
-        fluid = np.zeros((nx, ny), dtype=bool)
-        fluid[:, 1:-1] = True
+        y0, y1 = self._wall_lines(dx)
+        top = int(math.ceil(y1 / dx - 0.5 - 1e-9))  # first row whose centre is not below y1
+        y = (np.arange(top + 1) + 0.5) * dx
+        fluid = np.zeros((nx, top + 1), dtype=bool)
+        fluid[:, (y > y0) & (y < y1)] = True
         return fluid
+
+    def level_set(self, x, y, dx: float):
+        """Signed distance (m) to the nearer wall, positive in the fluid."""
+        y0, y1 = self._wall_lines(dx)
+        del x
+        return np.minimum(y - y0, y1 - y)
 
     def walls(self, dx: float, n: int = 32) -> dict[str, WallPoints]:
         """Points on the bottom and top walls (tangent ``+x``, downstream)."""
-        y0, y1 = dx, dx + _cells(self.width, dx, "width") * dx
+        y0, y1 = self._wall_lines(dx)
         return {"bottom": _flat_wall(self.length, y0, +1.0, n),
                 "top": _flat_wall(self.length, y1, -1.0, n)}  # fmt: skip
 
@@ -240,6 +266,15 @@ class SidewallAneurysm:
         vessel = (Y > dx) & (Y < self._top(dx))
         sac = (X - xc) ** 2 + (Y - yc) ** 2 < self.sac_radius**2
         return vessel | sac
+
+    def level_set(self, x, y, dx: float):
+        """A level set of the wall (m), positive in the fluid, zero on the wall: the larger
+        of the vessel's (distance to the nearer wall line) and the sac's (``R − r``); the
+        mask is where it is positive. Exact distance away from the neck corners."""
+        xc, yc = self.centre(dx)
+        vessel = np.minimum(y - dx, self._top(dx) - y)
+        sac = self.sac_radius - np.hypot(x - xc, y - yc)
+        return np.maximum(vessel, sac)
 
     def sac_mask(self, dx: float) -> np.ndarray:
         """The fluid cells of the sac (above the parent vessel's upper wall line)."""
