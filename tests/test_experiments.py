@@ -150,9 +150,10 @@ def test_seeds_differ_but_a_rerun_reproduces(study, tmp_path):
 
 def test_resume_reuses_finished_runs(study):
     out, results = study
-    stamp = {p.name: p.stat().st_mtime_ns for p in (out / "runs").glob("*.json")}
+    stamp = {p.name: p.stat().st_mtime_ns for p in (out / "runs").glob("*__seed*.json")}
     again = run_study(BurgersStudy(TINY), [0, 1], out, resume=True, progress=False, log=quiet)
-    assert {p.name: p.stat().st_mtime_ns for p in (out / "runs").glob("*.json")} == stamp
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "runs").glob("*__seed*.json")} == stamp
+    assert again["invocations"] == 2 and again["wall_seconds_total"] > again["wall_seconds"]
     assert again["methods"]["hybrid_joint"]["id_mse"] == results["methods"]["hybrid_joint"][
         "id_mse"
     ]

@@ -1169,11 +1169,6 @@ class ERA5Study(AbstractStudy):
                 "name": "online model's test MSE (1–24 h) no worse than the once-trained one",
                 "value": f"{on:.3g} vs {jo:.3g} K²", "target": "<=", "pass": bool(on <= jo),
             })  # fmt: skip
-        if res.get("preset") == "quick":
-            wall = res.get("wall_seconds", 0) / 60
-            out.append({"name": "quick preset under 10 minutes (2 cores)",
-                        "value": f"{wall:.1f} min (before figures)", "target": "< 10",
-                        "pass": bool(wall < 10)})  # fmt: skip
         return out
 
     def notes(self, problem: Problem) -> list[str]:

@@ -718,10 +718,6 @@ class HemodynamicsStudy(AbstractStudy):
             out.append({"name": "hybrid_joint heart-rate OOD pressure RMSE below every "
                                 "other method", "value": f"{j:.3g} vs {best} {others[best]:.3g}",
                         "target": "lowest", "pass": bool(j < others[best])})  # fmt: skip
-        wall = res.get("wall_seconds")
-        if wall is not None and res.get("preset") == "quick":
-            out.append({"name": "quick preset under 10 minutes", "value": f"{wall:.0f} s",
-                        "target": "<= 600 s", "pass": bool(wall <= 600)})  # fmt: skip
         return out
 
     def notes(self, problem: Problem) -> list[str]:

@@ -299,11 +299,10 @@ class KSStudy(AbstractStudy):
             t.append({"name": "OOD MSE of hybrid_joint at least 10x below neural_emulator",
                       "value": f"{jo:.3g} vs {eo:.3g} ({eo / jo:.1f}x)", "target": ">= 10x",
                       "pass": bool(eo >= 10 * jo)})  # fmt: skip
-        limit = {"quick": 600, "full": 3600}.get(c.preset)
-        if limit:
-            wall = res["wall_seconds"]
-            t.append({"name": f"{c.preset} preset wall time", "value": f"{wall / 60:.1f} min",
-                      "target": f"< {limit // 60} min", "pass": bool(wall < limit)})  # fmt: skip
+        if c.preset == "full":  # quick: the engine's time target
+            wall = res.get("wall_seconds_total", res["wall_seconds"])
+            t.append({"name": "full preset wall time", "value": f"{wall / 60:.1f} min",
+                      "target": "< 60 min", "pass": bool(wall < 3600)})  # fmt: skip
         return t
 
     def notes(self, problem: Problem) -> list[str]:

@@ -756,16 +756,6 @@ class Lorenz96Study(AbstractStudy):
                             "pass": bool(jh < oh),
                         }
                     )
-        if res.get("preset") == "quick":
-            wall = res.get("wall_seconds", 0) / 60
-            out.append(
-                {
-                    "name": "quick preset under 10 minutes (2 cores)",
-                    "value": f"{wall:.1f} min (before figures)",
-                    "target": "< 10",
-                    "pass": bool(wall < 10),
-                }
-            )
         return out
 
     def notes(self, problem: Problem) -> list[str]:
