@@ -30,6 +30,7 @@ TINY = PRESETS["quick"].replace(
     pinn=PINNConfig(width=8, depth=2, adam_steps=5, lbfgs_steps=3, n_collocation=16,
                     n_collocation_lbfgs=16),  # fmt: skip
     pinn_trajectories=2,
+    pinn_seeds=None,
     checkpoint_every=2,
     train=TrainConfig(steps=4, batch_size=2, horizon=3, val_every=2),
 )
