@@ -153,8 +153,9 @@ def test_fisher_block_flags_a_combination_the_data_cannot_split():
 def test_registered_and_presets_are_valid():
     cls = get_study("aneurysm")
     assert cls is AneurysmStudy and set(cls.presets) == {"quick", "full"}
-    with pytest.raises(ValueError, match="uncertainty"):
-        TINY.replace(uq="ensemble")
+    with pytest.raises(ValueError, match="bayes is not implemented"):
+        TINY.replace(uq="bayes")
+    assert TINY.replace(uq="ensemble").uq == "ensemble"
     with pytest.raises(ValueError, match="sequential_hybrid needs"):
         TINY.replace(methods=("sequential_hybrid",))
     with pytest.raises(ValueError, match="must divide"):

@@ -47,7 +47,7 @@ def uq_section(results: Results) -> str:
         return "No uncertainty was quantified (run with `--uq ensemble` or `--uq bayes`)."
     kind = uq.get("kind", "?")
     lead = uq.get("lead")
-    how = (
+    how = uq.get("description") or (
         f"deep ensembles of {uq.get('members')} members (one vectorised program), each "
         f"rolled out {uq.get('samples_per_member')} times with AR(1) model error fitted to "
         "one-step residuals on the validation trajectories"
@@ -63,8 +63,11 @@ def uq_section(results: Results) -> str:
         f"(1 is calibrated, < 1 over-confident).",
         "",
     ]
-    for title, pick in ((f"At the main lead time ({lead} steps)", "at_lead"),
-                        ("Pooled over lead times 1 … main", None)):  # fmt: skip
+    tables = [(f"At the main lead time ({lead} steps)", "at_lead"),
+              ("Pooled over lead times 1 … main", None)]  # fmt: skip
+    if lead is None:  # no lead time (e.g. a periodic flow): one table, pooled
+        tables = [(f"Pooled {uq.get('lead_label', 'over every predicted time')}", "at_lead")]
+    for title, pick in tables:
         rows = []
         for name, entry in methods.items():
             for s in results.sets:
@@ -77,13 +80,17 @@ def uq_section(results: Results) -> str:
                                                    rows), ""]  # fmt: skip
     out += _widening(methods, results.sets)
     theta_rows = []
+    marked = any(isinstance(row, Mapping) and "identified" in row
+                 for e in methods.values() for row in (e.get("theta") or {}).values())  # fmt: skip
     for name, entry in methods.items():
         for p, row in (entry.get("theta") or {}).items():
             if not isinstance(row, Mapping):
                 continue
             ci = row.get("ci95") or [None, None]
             covered = row.get("covered")
-            theta_rows.append([
+            ident = row.get("identified")
+            extra = [{True: "yes", False: "no"}.get(ident, "—")] if marked else []
+            theta_rows.append([*extra,
                 f"`{name}`", f"`{p}`", fmt_number(_num(np.mean(row["mean"]))),
                 fmt_number(_num(np.mean(row["std"]))),
                 f"[{fmt_number(_num(ci[0]))}, {fmt_number(_num(ci[1]))}]",
@@ -92,9 +99,12 @@ def uq_section(results: Results) -> str:
                 fmt_number(_num(row.get("r_hat"))),
             ])  # fmt: skip
     if theta_rows:
-        out += ["### θ_s uncertainty", "", markdown_table(
-            ["Method", "θ_s", "mean", "std", "95 % interval", "true", "covers truth", "R-hat"],
-            theta_rows), "",
+        head = ["Method", "θ_s", "mean", "std", "95 % interval", "true", "covers truth",
+                "R-hat"]  # fmt: skip
+        if marked:
+            theta_rows = [[*r[1:3], r[0], *r[3:]] for r in theta_rows]
+            head = [*head[:2], "identified (Fisher)", *head[2:]]
+        out += ["### θ_s uncertainty", "", markdown_table(head, theta_rows), "",
             "Ensemble intervals are mean ± 1.96 std across members; Bayesian ones are posterior "
             "quantiles (R-hat and the effective sample size are in results.json).", ""]  # fmt: skip
     costs = []
@@ -184,7 +194,7 @@ def lead_figure(results: Results, path: Path) -> FigureOutcome:
     top.axhline(0.9, color="0.5", ls="--", lw=1)
     bottom.axhline(1.0, color="0.5", ls="--", lw=1)
     top.set(ylabel="PICP 90 %", ylim=(0, 1.02))
-    bottom.set(ylabel="spread / skill", xlabel="lead time (steps)")
+    bottom.set(ylabel="spread / skill", xlabel=results.uq.get("time_label", "lead time (steps)"))
     top.legend(fontsize=6, ncol=2)
     _save(fig, path)
     return outcome
@@ -219,7 +229,7 @@ def interval_figure(results: Results, arrays: Arrays | None, path: Path) -> Figu
             ax.plot(steps, truth, color="k", lw=1)
             ax.set_title(f"{name} — {s}", fontsize=8)
             if r == len(methods) - 1:
-                ax.set_xlabel("lead time (steps)")
+                ax.set_xlabel(results.uq.get("time_label", "lead time (steps)"))
     _save(fig, path)
     return outcome
 

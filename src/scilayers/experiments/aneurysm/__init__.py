@@ -59,8 +59,10 @@ The package: `_config` (configuration, presets, cases, lattices), `_geometry` (r
 of the truth, wall distance, the closure's features), `_lattice` (`WallClosure`,
 `ClosedLattice`, recording a cycle, the jitted training steps), `_field` (the neural-field
 baseline), `_identifiability` (θ_s priors, Fisher block, viscosities), `_study`
-(`AneurysmStudy`: truth, observations, training, evaluation, the run) and `_report`
-(results, tables, notes, targets, figures).
+(`AneurysmStudy`: truth, observations, training, evaluation, the run), `_report`
+(results, tables, notes, targets, figures) and `_uq` (``--uq ensemble``: a hybrid_joint
+ensemble trained as one vmapped program, a model-error term calibrated on a validation
+acquisition, the ``uq`` block; ``--uq bayes`` is refused with the reason).
 """
 
 from ._config import CARREAU as CARREAU

@@ -22,7 +22,7 @@ from ...models._rheology import BLOOD_DENSITY
 from ...solvers import tawss_osi
 from .._common import RunCache, write_json
 from .._study import AbstractStudy
-from . import _report
+from . import _report, _uq
 from ._config import (
     CARREAU,
     DETERMINISTIC,
@@ -500,12 +500,25 @@ class AneurysmStudy(AbstractStudy):
                 a.update({f"{k}_{case.name}": v for k, v in arr.items() if k == "tawss"})
             check = (m, a)
             cache.put("coarse_true_theta", seeds[0], m, a)
+        uq = None
+        if cfg.uq == "ensemble":
+            uq = cached("uq_ensemble_hybrid_joint", seeds[0])
+            if uq is None:
+                obs, _, cells = self.observations(truth["id"], lat_id, seeds[0])
+                uq = _uq.ensemble_block(self, truth, obs, cells, cases, ident, seeds[0], log)
+                cache.put("uq_ensemble_hybrid_joint", seeds[0], *uq)
+            _uq.log_block(uq[0], log)
         results = _report.assemble(self, seeds, asked, runs, truth, ident, check, cases)
         arrays = _report.report_arrays(self, runs, truth, cases, check[1])
+        if uq is not None:
+            results["uq"] = _uq.wrap(self, uq[0], seeds[0])
+            results["tables"].append(_uq.tawss_table(results["uq"]))
+            results["notes"] += [f"Uncertainty: {n}" for n in uq[0].get("notes", [])]
+            arrays.update({f"uq__hybrid_joint__{k}": v for k, v in uq[1].items()})
         np.savez(out / "arrays.npz", **arrays)
         results["figures"] = _report.draw(self, out, results, arrays, cases)
         results["wall_seconds"] = time.perf_counter() - t_start
-        results["targets"] = _report.study_targets(self, results)
+        results["targets"] = _report.study_targets(self, results) + _uq.targets(results)
         write_json(out / "results.json", results)
         return results
 

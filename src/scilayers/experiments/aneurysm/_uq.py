@@ -1,0 +1,508 @@
+r"""Uncertainty in the aneurysm study (``scilayers run aneurysm --uq ensemble``).
+
+**Ensemble.** `hybrid_joint` (Carreau θ_s and the wall closure, jointly) trained again as a
+deep ensemble of ``uq_members`` members: each member with its own closure initialisation
+(key folded from the seed) and its own θ_s start (the Cho & Kensey values jittered by
+``uq_jitter`` in log units, `scilayers.uq.draw_theta`), all trained as one program
+vectorised over members (`train_members`: every jitted piece of the study's training
+iteration — the forward-mode θ_s sensitivities, the cycle with gradients and the Adam
+step, the relaxation cycles — under ``eqx.filter_vmap``; the damped Gauss–Newton solve is a
+batched NumPy solve over the member axis). Member by member the arithmetic is that of
+`AneurysmStudy.train_lattice`, so member ``i`` equals a model trained alone from the same
+start to round-off. The members are evaluated from rest on every set, again vectorised
+(`record_members`).
+
+**Model error.** The members alone see only how the data constrain θ_s and the closure,
+not what the coarse lattice cannot represent. An observation-space model-error term
+``ε ~ N(0, σ_m²)``, independent per point and phase, is added to every member
+(``uq_samples`` draws each), with ``σ_m² = max(0, skill² − noise² − spread²)`` fitted on a
+**validation acquisition**: a second, independent noisy MRI scan of the training geometry
+on the voxels between the training voxels (shifted by one cell in x and y) at every
+recorded phase — never on the test sets. ``skill²`` is the mean squared difference between
+the ensemble mean and the validation data, ``noise²`` the known MRI noise variance,
+``spread²`` the members' variance ``(1 + 1/M) s²``: the ensemble is then calibrated
+(spread/skill = 1) on the validation data. The same σ_m is used out of domain.
+
+**Scores.** Velocity at the MRI observation points of each set, every recorded phase of the
+last cycle, against the noise-free truth (`scilayers.uq.uq_block`; the phase is the "time"
+axis, and since a periodic flow has no lead time ``at_lead`` holds the metrics pooled over
+the cycle). The sac TAWSS per wall point (profiles smoothed as in the study's TAWSS metric,
+neck corners left out): coverage of the truth by the members' interval and its width. No
+WSS is measured, so no term is calibrated for it: those intervals are the members' alone.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import equinox as eqx
+import jax
+import jax.flatten_util
+import jax.numpy as jnp
+import numpy as np
+
+from ... import params as slp
+from ...metrics import CALIBRATION_KEYS, EnsemblePrediction, GaussianPrediction, picp
+from ...models import Carreau
+from ...solvers import tawss_osi
+from ...uq import draw_theta, stack_members, uq_block
+from ._config import CARREAU, SHEAR_RATES
+from ._identifiability import _prior_vectors, power_law_consistency, viscosity
+from ._lattice import (
+    _ADAM,
+    ClosedLattice,
+    _combine,
+    _cosine,
+    _record,
+    _spin,
+    _theta_jacobian,
+    _train_step,
+)
+
+
+# ==================================================================== vmapped pieces
+@eqx.filter_jit
+def _jacobians(theta_s, net, frozen, u, cells, consts):
+    """`_theta_jacobian` of every member: ``(M, n_obs, p)``."""
+    return eqx.filter_vmap(lambda t, n, v: _theta_jacobian(t, n, frozen, v, cells, consts))(
+        theta_s, net, u
+    )
+
+
+@eqx.filter_jit
+def _steps(theta_s, net, state, frozen, u, target, cells, lr, consts):
+    """`_train_step` of every member (one cycle with gradients, Adam on the closure)."""
+
+    def one(t, n, s, v):
+        return _train_step((t, n), s, frozen, v, target, cells, lr, consts)
+
+    return eqx.filter_vmap(one)(theta_s, net, state, u)
+
+
+@eqx.filter_jit
+def _relax(theta_s, net, frozen, u, cycles: int, steps: int):
+    """``cycles`` cycles without gradient of every member from its own state."""
+    return eqx.filter_vmap(lambda t, n, v: _spin(_combine((t, n), frozen), v, cycles, steps))(
+        theta_s, net, u
+    )
+
+
+@eqx.filter_jit
+def _adam_init(net):
+    return eqx.filter_vmap(_ADAM.init)(net)
+
+
+@eqx.filter_jit
+def record_members(steppers, cycles: int, steps: int, phases: int, wall):
+    """`_record` of a stacked ensemble of steppers (`scilayers.uq.stack_members`): from rest,
+    the last cycle's velocity ``(M, P, 2, nx, ny)``, sac WSS ``(M, P, W)`` and max Mach
+    ``(M,)``."""
+    _, vel, wss, mach, _ = eqx.filter_vmap(lambda s: _record(s, cycles, steps, phases, wall))(
+        steppers
+    )
+    return vel, wss, mach
+
+
+def _where(ok, new, old):
+    """Per member: ``new`` where ``ok`` (shape ``(M,)``), else ``old``."""
+
+    def pick(a, b):
+        if not eqx.is_array(a):
+            return a
+        return jnp.where(ok.reshape((-1,) + (1,) * (a.ndim - 1)), a, b)
+
+    return jax.tree_util.tree_map(pick, new, old)
+
+
+# ======================================================================== training
+def hybrid_members(study, lat, seed: int) -> list[ClosedLattice]:
+    """The ensemble's starts: `hybrid_joint`'s start (Cho & Kensey θ_s, a closure switched
+    off) with member ``i``'s own closure weights and θ_s jittered by ``uq_jitter``."""
+    cfg = study.cfg
+    key = jax.random.fold_in(jax.random.key(seed), 7_001)
+    out = []
+    for i in range(cfg.uq_members):
+        kc, kt = jax.random.split(jax.random.fold_in(key, i))
+        start = ClosedLattice(lat.stepper(Carreau()), study._closure(kc, lat))
+        out.append(draw_theta(start, kt, "jitter", cfg.uq_jitter))
+    return out
+
+
+def train_members(study, starts, lat, obs, cells, *, seed: int, log, tag: str = "ensemble"):
+    """`AneurysmStudy.train_lattice` (θ_s by damped Gauss–Newton and the closure by Adam)
+    for every member of ``starts`` at once: one program vectorised over members.
+
+    **Returns** ``(members, history, losses, seconds, diverged)``: the trained members (a
+    list), the θ_s history ``{name: (M, iterations)}``, the losses ``(M, iterations)``, the
+    wall time and a ``(M,)`` mask of members whose loss became non-finite (they are frozen
+    from that iteration on and should be dropped)."""
+    cfg = study.cfg
+    t_start = time.perf_counter()
+    parts = [slp.partition(s) for s in starts]
+    frozen = parts[0][2]
+    for i, (_, _, f) in enumerate(parts[1:], start=1):
+        if not bool(eqx.tree_equal(f, frozen)):
+            raise ValueError(
+                f"ensemble member {i} differs from member 0 outside θ_s and the closure's "
+                f"weights (lattice, geometry, settings); build every member on one lattice."
+            )
+    theta_s = stack_members([p[0] for p in parts])
+    net = stack_members([p[1] for p in parts])
+    M = len(starts)
+    sigma = study._sigma()
+    n_values = float(np.size(obs))
+    consts = (sigma, n_values, float(cfg.lambda_closure), cfg.obs_phases,
+              lat.steps // cfg.obs_phases, True)  # fmt: skip
+    target, cells_j = jnp.asarray(obs), jnp.asarray(cells)
+    state = _adam_init(net)
+    _, unravel = jax.flatten_util.ravel_pytree(parts[0][0])
+    prec, _ = _prior_vectors(parts[0][0])
+    flat = np.stack([np.asarray(jax.flatten_util.ravel_pytree(p[0])[0]) for p in parts])
+    dtype = flat.dtype
+
+    def unravel_all(vecs):
+        return stack_members([unravel(jnp.asarray(v, dtype)) for v in vecs])
+
+    u0 = starts[0].lbm.initial_state()
+    u = _relax(theta_s, net, frozen, jnp.broadcast_to(u0, (M, *u0.shape)), cfg.spinup_cycles,
+               lat.steps)  # fmt: skip
+    names = list(slp.values(starts[0].lbm.model.rheology))
+    history = {k: [] for k in names}
+    losses = []
+    alive = np.ones(M, bool)
+    gram = None
+    for it in range(cfg.iterations):
+        if it % cfg.gn_refresh == 0:
+            J = np.asarray(_jacobians(theta_s, net, frozen, u, cells_j, consts))
+            gram = np.einsum("mop,moq->mpq", J, J) / sigma**2
+        lr = jnp.asarray(_cosine(cfg.lr_net, it, cfg.iterations, 0.2))
+        new_net, new_state, loss, (u, data, pen), grad = _steps(
+            theta_s, net, state, frozen, u, target, cells_j, lr, consts)  # fmt: skip
+        loss = np.asarray(loss, float)
+        alive &= np.isfinite(loss)
+        ok = jnp.asarray(alive)
+        net, state = _where(ok, new_net, net), _where(ok, new_state, state)
+        H = gram + np.diag(prec)[None]
+        D = np.einsum("mpp->mp", H)[:, :, None] * np.eye(len(prec))[None]
+        g = n_values * np.asarray(grad, float)
+        g = np.where(alive[:, None], g, 0.0)
+        step = -np.linalg.solve(H + cfg.gn_damping * D, g[..., None])[..., 0]
+        big = np.maximum(np.max(np.abs(step), axis=1), 1e-30)
+        step *= np.minimum(1.0, cfg.gn_max_step / big)[:, None]
+        flat = np.where(alive[:, None], flat + step.astype(dtype), flat)
+        theta_s = unravel_all(flat)
+        if cfg.gn_relax:
+            u = _relax(theta_s, net, frozen, u, cfg.gn_relax, lat.steps)
+        losses.append(loss)
+        vals = slp.values(theta_s)
+        for k in names:
+            history[k].append(np.asarray(vals[k], float).reshape(M))
+        if it % 4 == 0 or it == cfg.iterations - 1:
+            th = ", ".join(f"{k} {np.median(history[k][-1]):.4g}" for k in names)
+            log(f"aneurysm: {tag} seed {seed} it {it}: loss median {np.median(loss):.4g} "
+                f"over {M} members ({int(alive.sum())} finite); θ_s median {th}")  # fmt: skip
+    members = [_combine((t, n), frozen) for t, n in zip(_unstack(theta_s, M), _unstack(net, M),
+                                                         strict=True)]  # fmt: skip
+    hist = {k: np.stack(v, axis=1) if v else np.zeros((M, 0)) for k, v in history.items()}
+    loss_arr = np.stack(losses, axis=1) if losses else np.zeros((M, 0))
+    return members, hist, loss_arr, time.perf_counter() - t_start, ~alive
+
+
+def _unstack(tree, M: int) -> list:
+    return [jax.tree_util.tree_map(lambda x, i=i: x[i] if eqx.is_array(x) else x, tree)
+            for i in range(M)]  # fmt: skip
+
+
+# ====================================================================== validation
+def validation_cells(lat) -> np.ndarray:
+    """Flat indices of the validation voxels: the observation sub-grid shifted by one cell
+    in x and y (the voxels between the training voxels), fluid cells only."""
+    nx, ny = lat.shape
+    sel = np.zeros(lat.shape, bool)
+    sel[3 : nx - 2 : 2, 2::2] = True
+    sel &= lat.mask
+    return np.flatnonzero(sel)
+
+
+def validation_data(study, truth_id: dict, lat, seed: int):
+    """A second noisy acquisition of the training geometry on `validation_cells` at every
+    recorded phase: ``(noisy (P, 2, n), cells)`` (independent noise)."""
+    cfg = study.cfg
+    cells = validation_cells(lat)
+    vel = truth_id["vel"].reshape(cfg.record_phases, 2, -1)[:, :, cells]
+    rng = np.random.default_rng(20_000 + seed)
+    return vel + cfg.noise * study.speed_ref * rng.standard_normal(vel.shape), cells
+
+
+def fit_model_error(members_vel, val_obs, noise_std: float) -> dict:
+    """``σ_m`` with spread/skill = 1 on the validation data: ``σ_m² = max(0, skill² − noise²
+    − spread²)`` (see the module docstring). ``members_vel``: ``(M, P, 2, n)`` at the
+    validation points; ``val_obs``: ``(P, 2, n)``."""
+    M = members_vel.shape[0]
+    mean = members_vel.mean(axis=0)
+    skill2 = float(np.mean((mean - val_obs) ** 2))
+    spread2 = float(np.mean((1 + 1 / M) * members_vel.var(axis=0, ddof=1)))
+    model2 = max(skill2 - noise_std**2 - spread2, 0.0)
+    return {
+        "kind": "Gaussian per point and phase, σ_m fitted on a validation acquisition "
+                "(spread/skill = 1 there)",
+        "sigma": math.sqrt(model2),
+        "validation_rmse": math.sqrt(skill2),
+        "noise_std": noise_std,
+        "members_spread": math.sqrt(spread2),
+        "members_only_spread_skill": math.sqrt(spread2 / max(skill2 - noise_std**2, 1e-30)),
+        "validation_points": int(members_vel[0].size),
+    }  # fmt: skip
+
+
+# =========================================================================== the block
+def sample(members_vel: np.ndarray, sigma: float, samples: int, key) -> np.ndarray:
+    """``(M·S, ...)`` draws: each member plus ``samples`` draws of the model error."""
+    M = members_vel.shape[0]
+    z = np.asarray(jax.random.normal(key, (M, samples, *members_vel.shape[1:])), float)
+    return (members_vel[:, None] + sigma * z).reshape(M * samples, *members_vel.shape[1:])
+
+
+def tawss_intervals(study, lat, members_wss: np.ndarray, truth_wss: np.ndarray) -> dict:
+    """Per sac-wall point (smoothed profiles, neck corners left out): does the members'
+    interval cover the true TAWSS, and how wide is it (relative to the truth)."""
+    S, keep = study.wall_smoothing(lat)
+    ta = np.stack([np.asarray(tawss_osi(w)[0], float) for w in members_wss])
+    ens = (ta @ S.T)[:, keep]  # (M, kept points)
+    tt = (S @ np.asarray(tawss_osi(truth_wss)[0], float))[keep]
+    M = ens.shape[0]
+    lo, hi = ens.min(0), ens.max(0)
+    gauss = GaussianPrediction(ens.mean(0), np.sqrt((1 + 1 / M) * ens.var(0, ddof=1)))
+    z90 = 1.6448536269514722
+    sac_mean = ens.mean(axis=1)
+    return {
+        "points": int(keep.sum()),
+        "members_range": {
+            "nominal": (M - 1) / (M + 1),
+            "picp": float(np.mean((tt >= lo) & (tt <= hi))),
+            "width_rel": float(np.mean((hi - lo) / tt)),
+        },
+        "gaussian_90": {
+            "picp": float(picp(tt, gauss, 0.9)),
+            "width_rel": float(np.mean(2 * z90 * gauss.std / tt)),
+        },
+        "spread_skill": float(np.sqrt(np.mean(gauss.std**2) / np.mean((ens.mean(0) - tt) ** 2))),
+        "rel_error_of_mean": float(np.linalg.norm(ens.mean(0) - tt) / np.linalg.norm(tt)),
+        "sac_mean": {
+            "true": float(tt.mean()), "members": sac_mean.tolist(),
+            "mean": float(sac_mean.mean()), "std": float(sac_mean.std(ddof=1)),
+            "covered_range": bool(sac_mean.min() <= tt.mean() <= sac_mean.max()),
+            "covered_gaussian_90": bool(abs(sac_mean.mean() - tt.mean())
+                                        <= z90 * math.sqrt(1 + 1 / M) * sac_mean.std(ddof=1)),
+        },
+        "_arrays": (np.asarray(lat.sac_wall(study.cfg.wall_points).arclength)[keep], tt,
+                    ens.mean(0), lo, hi, ens.mean(0) - z90 * gauss.std,
+                    ens.mean(0) + z90 * gauss.std),
+    }  # fmt: skip
+
+
+def theta_block(members: list, ident: dict, true_theta: dict) -> dict:
+    """θ_s across members vs the truth, with the identifiability diagnostic's verdict;
+    the viscosities at the study's shear rates and K as derived rows."""
+    poorly = set(ident.get("poorly_identified", []))
+    combos = ident.get("combinations", {})
+    rows = {k: [float(slp.values(m.lbm.model.rheology)[k]) for m in members] for k in CARREAU}
+    thetas = [{k: rows[k][i] for k in CARREAU} for i in range(len(members))]
+    derived = {"K": ([power_law_consistency(t) for t in thetas], power_law_consistency(true_theta),
+                     combos.get("K", {}).get("identified"))}  # fmt: skip
+    for g in SHEAR_RATES:
+        derived[f"mu({g:g}/s)"] = ([viscosity(t, g) for t in thetas], viscosity(true_theta, g),
+                                   combos.get(f"mu({g:g}/s)", {}).get("identified"))  # fmt: skip
+    out = {}
+    for k, vals in rows.items():
+        out[k] = (vals, true_theta[k], k not in poorly)
+    out.update(derived)
+    block = {}
+    for k, (vals, true, identified) in out.items():
+        v = np.asarray(vals, float)
+        mean, std = float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else 0.0
+        ci = [mean - 1.96 * std, mean + 1.96 * std]
+        block[k] = {
+            "mean": mean, "std": std, "members": v.tolist(), "ci95": ci, "true": float(true),
+            "covered": bool(ci[0] <= true <= ci[1]),
+            "covered_by_members": bool(v.min() <= true <= v.max()),
+            "rel_error_of_mean": abs(mean / true - 1.0), "rel_std": std / abs(mean),
+            "identified": identified,
+        }  # fmt: skip
+    return block
+
+
+def ensemble_block(study, truth, obs, cells, cases, ident, seed: int, log):
+    """The ``uq`` entry of ``hybrid_joint`` (ensemble), and the arrays for the report."""
+    cfg = study.cfg
+    lat = study.lattice(cases[0])
+    t0 = time.perf_counter()
+    starts = hybrid_members(study, lat, seed)
+    log(f"aneurysm: uq ensemble: training {cfg.uq_members} hybrid_joint members (vmapped)")
+    members, history, losses, train_s, diverged = train_members(
+        study, starts, lat, obs, cells, seed=seed, log=log, tag="uq hybrid_joint")  # fmt: skip
+    kept = [m for m, d in zip(members, diverged, strict=True) if not d]
+    if len(kept) < 2:
+        raise ValueError(
+            f"{int(diverged.sum())} of {len(members)} hybrid_joint ensemble members diverged; "
+            f"reduce gn_max_step or uq_jitter."
+        )
+    t1 = time.perf_counter()
+    preds = {}
+    for case in cases:
+        clat = study.lattice(case)
+        steppers = stack_members([ClosedLattice(clat.stepper(m.lbm.model.rheology),
+                                                study._move_closure(m.closure, clat))
+                                  for m in kept])  # fmt: skip
+        vel, wss, mach = record_members(steppers, cfg.eval_cycles, clat.steps, cfg.record_phases,
+                                        clat.sac_wall(cfg.wall_points))  # fmt: skip
+        preds[case.name] = (np.asarray(vel, float), np.asarray(wss, float),
+                            float(np.max(np.asarray(mach))))  # fmt: skip
+    eval_s = time.perf_counter() - t1
+    # model error on the validation acquisition (training geometry only)
+    val_obs, val_cells = validation_data(study, truth["id"], lat, seed)
+    P = cfg.record_phases
+    at_val = preds["id"][0].reshape(len(kept), P, 2, -1)[..., val_cells]
+    error = fit_model_error(at_val, val_obs, cfg.noise * study.speed_ref)
+    sets, tawss, shown = {}, {}, {}
+    key = jax.random.fold_in(jax.random.key(seed), 7_002)
+    for j, case in enumerate(cases):
+        clat = study.lattice(case)
+        ocells = study.observation_cells(clat)
+        vel, wss, _ = preds[case.name]
+        ens = vel.reshape(len(kept), P, 2, -1)[..., ocells]
+        true = truth[case.name]["vel"].reshape(P, 2, -1)[:, :, ocells]
+        draws = sample(ens, error["sigma"], cfg.uq_samples, jax.random.fold_in(key, j))
+        sets[case.name] = (true[None], EnsemblePrediction(draws[:, None]))
+        t = tawss_intervals(study, clat, wss, truth[case.name]["wss"])
+        shown[f"tawss_{case.name}"] = np.stack(t.pop("_arrays")).astype(np.float32)
+        tawss[case.name] = t
+        # the generic interval figure: u_x over the cycle at the observed point nearest
+        # the vessel's centreline below the neck
+        g = case.geometry
+        nx, ny = clat.shape
+        ci, cj = np.unravel_index(ocells, (nx, ny))
+        d = ((ci + 0.5) * clat.dx - g.neck_x) ** 2 + ((cj - 0.5) * clat.dx - g.diameter / 2) ** 2
+        p = int(np.argmin(d))
+        ux = draws[:, :, 0, p]
+        lo, hi = np.quantile(ux, [0.05, 0.95], axis=0, method="weibull")
+        shown[case.name] = np.stack([true[:, 0, p], ux.mean(0), lo, hi]).astype(np.float32)
+    block = uq_block(sets, lead=None, skip_initial=False)
+    for s in sets:  # a periodic flow has no lead time: the cycle, pooled
+        block[s]["at_lead"] = {"step": None, **{k: block[s][k] for k in CALIBRATION_KEYS}}
+        block[s]["tawss"] = tawss[s]
+        block[s]["max_mach"] = preds[s][2]
+    block["theta"] = theta_block(kept, ident, cfg.true_theta)
+    block["theta_history"] = {k: v.tolist() for k, v in history.items()}
+    block["losses"] = losses.tolist()
+    block["error_model"] = error
+    block["members"] = len(kept)
+    block["diverged_members"] = int(diverged.sum())
+    block["train_seconds"] = train_s
+    block["forecast_seconds"] = eval_s
+    block["seconds"] = time.perf_counter() - t0
+    block["notes"] = [
+        f"{len(kept)} members trained as one vmapped program ({train_s:.0f} s; "
+        f"hybrid_joint alone trains {cfg.iterations} cycles too); evaluated from rest on "
+        f"every set ({eval_s:.0f} s).",
+        f"Model error σ_m = {1e3 * error['sigma']:.3g} mm/s fitted on a validation "
+        f"acquisition ({error['validation_points']} values, noise "
+        f"{1e3 * error['noise_std']:.3g} mm/s); the members alone had spread/skill "
+        f"{error['members_only_spread_skill']:.2f} there.",
+        "TAWSS intervals are the members' alone (no WSS is measured, so no error term is "
+        "calibrated for it).",
+    ]
+    return block, shown
+
+
+def wrap(study, entry: dict, seed: int) -> dict:
+    """``results.json["uq"]``: the block of the other studies, one method."""
+    cfg = study.cfg
+    return {
+        "kind": "ensemble",
+        "lead": None,
+        "lead_label": "over the last cardiac cycle (a periodic flow has no lead time)",
+        "time_label": "phase of the cardiac cycle (recorded phase index)",
+        "description": (
+            f"a deep ensemble of hybrid_joint ({entry['members']} members: own closure "
+            f"weights, θ_s starts jittered by {cfg.uq_jitter:g} in log units; one vmapped "
+            f"program), each member sampled {cfg.uq_samples} times with an observation-space "
+            f"model error σ_m = {1e3 * entry['error_model']['sigma']:.3g} mm/s fitted on a "
+            f"validation acquisition (voxels between the training voxels, every phase, "
+            f"independent noise); scored on the velocity at the MRI observation points of "
+            f"each set at all {cfg.record_phases} recorded phases against the noise-free truth"
+        ),
+        "trajectories": 1,
+        "members": cfg.uq_members,
+        "samples_per_member": cfg.uq_samples,
+        "seed": seed,
+        "baseline": "no pure-data baseline has an ensemble here: neural_field (the study's "
+                    "data-only method) is a single fit, and there is no time-stepping "
+                    "emulator; the CRPS comparison against neural_emulator does not apply.",
+        "methods": {"hybrid_joint": entry},
+    }  # fmt: skip
+
+
+def log_block(entry: dict, log) -> None:
+    for s, b in entry.items():
+        if isinstance(b, dict) and "picp_90" in b:
+            t = b["tawss"]
+            log(f"aneurysm: uq hybrid_joint {s}: PICP90 {b['picp_90']:.3f}, spread/skill "
+                f"{b['spread_skill']:.3f}, CRPS {b['crps']:.3g}; TAWSS 90 % (Gaussian) covers "
+                f"{t['gaussian_90']['picp']:.2f} of the sac wall, width "
+                f"{100 * t['gaussian_90']['width_rel']:.1f} %")  # fmt: skip
+
+
+def targets(results: dict) -> list[dict]:
+    """The issue-11 targets (the engine's, in domain) and the TAWSS coverage."""
+    from .._engine import _uq_targets
+
+    uq = results.get("uq")
+    out = _uq_targets(uq)
+    if not uq:
+        return out
+    entry = uq["methods"]["hybrid_joint"]
+    for s in results["eval_sets"]:
+        t = (entry.get(s) or {}).get("tawss")
+        if t:
+            g = t["gaussian_90"]
+            out.append({"name": f"uq (ensemble), {s}: hybrid_joint sac TAWSS 90 % interval "
+                                "covers the truth along the sac wall (members only)",
+                        "value": f"{g['picp']:.2f} (width {100 * g['width_rel']:.0f} % of "
+                                 f"the truth)",
+                        "target": "0.85-0.95 (reported)",
+                        "pass": bool(0.85 <= g["picp"] <= 0.95)})  # fmt: skip
+    return out
+
+
+def tawss_table(uq: dict) -> dict:
+    """The study table of the sac TAWSS intervals and the sac-mean TAWSS per set."""
+    entry = uq["methods"]["hybrid_joint"]
+    rows = []
+    for s, b in entry.items():
+        t = b.get("tawss") if isinstance(b, dict) else None
+        if not t:
+            continue
+        g, r, m = t["gaussian_90"], t["members_range"], t["sac_mean"]
+        rows.append([
+            s, f"{g['picp']:.2f}", f"{100 * g['width_rel']:.1f}",
+            f"{r['picp']:.2f} (nominal {r['nominal']:.2f})", f"{100 * t['rel_error_of_mean']:.1f}",
+            f"{t['spread_skill']:.2f}",
+            f"{m['mean']:.4g} ± {m['std']:.2g} vs {m['true']:.4g} "
+            f"({'covered' if m['covered_gaussian_90'] else 'not covered'})",
+        ])  # fmt: skip
+    return {
+        "title": "Uncertainty of the sac TAWSS (hybrid_joint ensemble)",
+        "columns": ["Set", "PICP 90 % (Gaussian)", "width 90 % (% of truth)",
+                    "members' range covers", "error of the mean (%)", "spread/skill",
+                    "sac-mean TAWSS (Pa), members"],
+        "rows": rows,
+        "caption": "Per point of the sac wall (profiles smoothed over one coarse cell of arc, "
+                   "neck corners left out): the members' 90 % interval (mean ± 1.645 "
+                   "√(1 + 1/M) s; with M < 19 members the rank-position 90 % interval is the "
+                   "members' range, whose nominal coverage is (M − 1)/(M + 1)) against the "
+                   "fine-lattice truth. No WSS is measured, so these intervals carry no "
+                   "calibrated error term: they show how much the data leave the TAWSS open, "
+                   "not what the coarse lattice gets wrong.",
+    }  # fmt: skip
