@@ -16,7 +16,7 @@ import numpy as np
 
 from ._figures import Arrays, FigureOutcome, _new_figure, _save, _skip, method_colours
 from ._format import fmt_number, markdown_table
-from ._load import Results
+from ._load import Results, _is_number
 
 _METRICS = (
     ("picp_50", "PICP 50 %"),
@@ -30,7 +30,7 @@ _METRICS = (
 
 
 def _num(v: Any) -> float | None:
-    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
+    return float(v) if _is_number(v) else None
 
 
 def _methods(uq: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
