@@ -72,7 +72,7 @@ def _members(study: AbstractStudy, problem: Problem, method: str, seed: int):
     from ._engine import hybrid, train_config
 
     cfg = study.cfg
-    tc = train_config(study, problem, seed)
+    tc = train_config(study, problem, seed, lambda_physics=cfg.lambda_physics)  # as the engine
     key = _key(method, seed)
     if method == "neural_emulator":
         shape = problem.eval_sets["id"].state_shape
