@@ -238,16 +238,22 @@ def validation_data(study, truth_id: dict, lat, seed: int):
 def fit_model_error(members_vel, val_obs, noise_std: float) -> dict:
     """``σ_m`` with spread/skill = 1 on the validation data: ``σ_m² = max(0, skill² − noise²
     − spread²)`` (see the module docstring). ``members_vel``: ``(M, P, 2, n)`` at the
-    validation points; ``val_obs``: ``(P, 2, n)``."""
+    validation points; ``val_obs``: ``(P, 2, n)``. Where the MRI noise dominates the
+    residuals, ``skill² − noise²`` is a small difference of large numbers:
+    ``sigma_1se_range`` is σ_m at ± one standard error of ``skill²``."""
     M = members_vel.shape[0]
     mean = members_vel.mean(axis=0)
-    skill2 = float(np.mean((mean - val_obs) ** 2))
+    sq = (mean - val_obs) ** 2
+    skill2 = float(np.mean(sq))
+    se2 = float(np.std(sq) / math.sqrt(sq.size))  # of skill², points taken as independent
     spread2 = float(np.mean((1 + 1 / M) * members_vel.var(axis=0, ddof=1)))
     model2 = max(skill2 - noise_std**2 - spread2, 0.0)
+    lo, hi = (math.sqrt(max(skill2 - noise_std**2 - spread2 + d, 0.0)) for d in (-se2, se2))
     return {
         "kind": "Gaussian per point and phase, σ_m fitted on a validation acquisition "
                 "(spread/skill = 1 there)",
         "sigma": math.sqrt(model2),
+        "sigma_1se_range": [lo, hi],
         "validation_rmse": math.sqrt(skill2),
         "noise_std": noise_std,
         "members_spread": math.sqrt(spread2),
@@ -408,8 +414,10 @@ def ensemble_block(study, truth, obs, cells, cases, ident, seed: int, log):
         f"every set ({eval_s:.0f} s).",
         f"Model error σ_m = {1e3 * error['sigma']:.3g} mm/s fitted on a validation "
         f"acquisition ({error['validation_points']} values, noise "
-        f"{1e3 * error['noise_std']:.3g} mm/s); the members alone had spread/skill "
-        f"{error['members_only_spread_skill']:.2f} there.",
+        f"{1e3 * error['noise_std']:.3g} mm/s; ± one standard error of the validation "
+        f"skill: σ_m in [{1e3 * error['sigma_1se_range'][0]:.2g}, "
+        f"{1e3 * error['sigma_1se_range'][1]:.2g}] mm/s); the members alone had "
+        f"spread/skill {error['members_only_spread_skill']:.2f} there.",
         "TAWSS intervals are the members' alone (no WSS is measured, so no error term is "
         "calibrated for it).",
     ]
