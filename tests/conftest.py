@@ -1,13 +1,21 @@
 """Session-wide test configuration: float64, strict rank promotion, seeded keys."""
 
+from pathlib import Path
+
 import jax
 import pytest
 from hypothesis import settings
+
+from scilayers._compile_cache import use_compilation_cache
 
 # Numerical tests compare against closed forms and peer implementations at 1e-10 and
 # below, which needs float64. Rank promotion must be explicit in library code.
 jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_rank_promotion", "raise")
+
+# Compiled programs shared across tests (and runs) by XLA's persistent cache, as the CLI
+# does: many tests train the same small models. SCILAYERS_XLA_CACHE=off disables it.
+use_compilation_cache(Path(__file__).resolve().parent.parent / ".pytest_cache" / "xla")
 
 # JAX dispatch and compilation make example timings erratic; deadlines would flake.
 settings.register_profile("scilayers", deadline=None, max_examples=50)

@@ -113,6 +113,9 @@ def _main(
     ),
 ):
     """Scientific solvers as differentiable layers: studies, reports, data and benchmarks."""
+    from ._compile_cache import use_compilation_cache
+
+    use_compilation_cache()  # $SCILAYERS_XLA_CACHE=off disables it
 
 
 # ------------------------------------------------------------------------------- data
