@@ -9,6 +9,7 @@ from ._era5 import hours_since as hours_since
 from ._era5 import load_era5_t2m as load_era5_t2m
 from ._era5 import load_reference_winds as load_reference_winds
 from ._era5 import write_synthetic_era5 as write_synthetic_era5
+from ._fingerprint import code_fingerprint as code_fingerprint
 from ._io import DATA_DIR_ENV as DATA_DIR_ENV
 from ._io import cached as cached
 from ._io import data_dir as data_dir

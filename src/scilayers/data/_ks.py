@@ -20,6 +20,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 from ..distributed import local_mesh, shard_batch
 from ..models import KuramotoSivashinsky
 from ..solvers import ETDRK4, Repeated, rollout
+from ._fingerprint import code_fingerprint
 from ._splits import SPLIT_RULE, assign_splits
 
 _EQUATION = "u_t + c u u_x + a u_xx + b u_xxxx + d u_xxx = e (u_x^2)_x, periodic on [0, length)"
@@ -192,9 +193,11 @@ class KSDataConfig:
 
     def fingerprint(self) -> str:
         """A hash of everything the generated values depend on: the config (except
-        ``batch_size``, which does not change them) and the float precision."""
+        ``batch_size``, which does not change them), the float precision and the
+        generating code (`code_fingerprint`)."""
         fields = {k: v for k, v in self.to_dict().items() if k != "batch_size"}
         payload = json.dumps(fields, sort_keys=True) + f"|x64={bool(jax.config.jax_enable_x64)}"
+        payload += "|code=" + code_fingerprint()  # the solver's round-off is part of it
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 

@@ -19,7 +19,7 @@ import numpy as np
 import xarray as xr
 
 from ..baselines import PINNConfig
-from ..data import cached, save_dataset
+from ..data import cached, code_fingerprint, save_dataset
 from ..models import Burgers
 from ..nn import PeriodicCNN1d
 from ..params import LogNormal, Param, Positive
@@ -88,7 +88,8 @@ class BurgersStudy(AbstractStudy):
 
     def problem(self, cache_dir: Path | None, progress: bool) -> Problem:
         c = self.cfg
-        key = "burgers-" + hashlib.sha256(repr(c).encode()).hexdigest()[:16]
+        payload = repr(c) + code_fingerprint(__name__)  # the code that makes the truth too
+        key = "burgers-" + hashlib.sha256(payload.encode()).hexdigest()[:16]
         ds = self._dataset() if cache_dir is None else cached(
             Path(cache_dir) / f"{key}.nc", self._dataset, fingerprint=repr(c))  # fmt: skip
         u, ood = ds["u"].values, ds["u_ood"].values

@@ -53,7 +53,7 @@ import jax.numpy as jnp
 import numpy as np
 import xarray as xr
 
-from ..data import cached, load_arterial_case, save_dataset
+from ..data import cached, code_fingerprint, load_arterial_case, save_dataset
 from ..models import AbstractForcedModel, ArterialNetwork
 from ..models._arterial import MMHG, area, pressure
 from ..params import LogNormal, Param, Positive, values
@@ -432,7 +432,8 @@ class HemodynamicsStudy(AbstractStudy):
 
     def problem(self, cache_dir: Path | None, progress: bool) -> Problem:
         c = self.cfg
-        key = "hemodynamics-" + hashlib.sha256(repr(c).encode()).hexdigest()[:16]
+        payload = repr(c) + code_fingerprint(__name__)
+        key = "hemodynamics-" + hashlib.sha256(payload.encode()).hexdigest()[:16]
         ds = self._dataset() if cache_dir is None else cached(
             Path(cache_dir) / f"{key}.nc", self._dataset, fingerprint=repr(c))  # fmt: skip
         L = c.samples_per_cycle

@@ -33,7 +33,7 @@ import xarray as xr
 
 from .. import metrics as M
 from ..baselines import a_priori_closure
-from ..data import cached, save_dataset
+from ..data import cached, code_fingerprint, save_dataset
 from ..hybrid import DataOrthogonal, Hybrid, NeuralStepper
 from ..models import Lorenz96, Lorenz96TwoScale
 from ..nn import PeriodicCNN1d, Polynomial
@@ -255,6 +255,7 @@ class Lorenz96Study(AbstractStudy):
             )
         }
         fp = "v2 " + repr(sorted(truth_fields.items()))  # v2: one-step convergence check
+        fp += " " + code_fingerprint(__name__)  # chaotic: the code's round-off matters
         key = "lorenz96-" + hashlib.sha256(fp.encode()).hexdigest()[:16]
         ds = (
             self._dataset()

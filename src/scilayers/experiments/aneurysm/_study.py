@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ... import params as slp
+from ...data import code_fingerprint
 from ...models import Carreau, Newtonian, SidewallAneurysm, Waveform
 from ...models._rheology import BLOOD_DENSITY
 from ...solvers import tawss_osi
@@ -180,6 +181,7 @@ class AneurysmStudy(AbstractStudy):
             "true_n", "ood", "ood_sac_radius", "ood_neck_width", "ood_period")}  # fmt: skip
         keep["dtype"] = str(jnp.result_type(float))
         keep["version"] = 1
+        keep["code"] = code_fingerprint("scilayers.experiments.aneurysm")
         return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
 
     def truth(self, cache_dir: Path, log) -> dict[str, dict[str, np.ndarray]]:
