@@ -310,7 +310,7 @@ def test_poorly_identified_entries_of_an_array_param_mark_the_param():
 def test_uq_targets_read_the_block_at_the_main_lead():
     """PICP90 and spread/skill of hybrid_joint in domain against their bands, and its CRPS
     against the emulator's on each shifted set; no block, no targets."""
-    from scilayers.experiments._engine import _uq_targets
+    from scilayers.experiments._engine import uq_targets
 
     def at(picp, ss, crps):
         return {"at_lead": {"picp_90": picp, "spread_skill": ss, "crps": crps}}
@@ -319,10 +319,10 @@ def test_uq_targets_read_the_block_at_the_main_lead():
         "hybrid_joint": {"id": at(0.9, 1.0, 0.1), "ood": at(0.7, 0.6, 0.3), "theta": {}},
         "neural_emulator": {"id": at(0.9, 1.0, 0.05), "ood": at(0.9, 1.0, 0.2)},
     }}  # fmt: skip
-    got = {t["name"]: t["pass"] for t in _uq_targets(uq)}
+    got = {t["name"]: t["pass"] for t in uq_targets(uq)}
     assert got == {"uq (ensemble): hybrid_joint PICP90 in domain": True,
                    "uq (ensemble): hybrid_joint spread/skill in domain": True,
                    "uq (ensemble), ood: hybrid_joint CRPS below neural_emulator": False}
     uq["methods"]["hybrid_joint"]["id"] = at(0.81, 1.3, 0.1)
-    assert not any(t["pass"] for t in _uq_targets(uq))
-    assert _uq_targets(None) == [] and _uq_targets({"methods": {}}) == []
+    assert not any(t["pass"] for t in uq_targets(uq))
+    assert uq_targets(None) == [] and uq_targets({"methods": {}}) == []

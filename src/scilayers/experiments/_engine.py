@@ -759,10 +759,10 @@ def _generic_targets(res: dict) -> list[dict]:
         out.append({"name": "quick preset under 10 minutes (2 cores)",
                     "value": f"{wall / 60:.1f} min (before figures{how})", "target": "< 10",
                     "pass": bool(wall < 600)})  # fmt: skip
-    return out + _uq_targets(res.get("uq"))
+    return out + uq_targets(res.get("uq"))
 
 
-def _uq_targets(uq: dict | None) -> list[dict]:
+def uq_targets(uq: dict | None) -> list[dict]:
     """Issue-level UQ targets at the main lead time: hybrid_joint's 90 % coverage and
     spread–skill in domain, and its CRPS below the emulator's on every shifted set."""
     if not uq or "hybrid_joint" not in uq.get("methods", {}):

@@ -464,10 +464,10 @@ def log_block(entry: dict, log) -> None:
 
 def targets(results: dict) -> list[dict]:
     """The issue-11 targets (the engine's, in domain) and the TAWSS coverage."""
-    from .._engine import _uq_targets
+    from .._engine import uq_targets
 
     uq = results.get("uq")
-    out = _uq_targets(uq)
+    out = uq_targets(uq)
     if not uq:
         return out
     entry = uq["methods"]["hybrid_joint"]
