@@ -2,6 +2,7 @@
 
 import jax
 import jax.numpy as jnp
+import pytest
 
 from scilayers._compile_cache import ENV, use_compilation_cache
 
@@ -19,8 +20,6 @@ def test_cache_folder_is_used_and_off_disables_it(tmp_path, monkeypatch):
         blocker = tmp_path / "file"
         blocker.write_text("")
         monkeypatch.delenv(ENV)
-        import pytest
-
         with pytest.warns(UserWarning, match="no XLA compilation cache"):
             assert use_compilation_cache(blocker / "sub") is None
         assert float(jax.jit(jnp.sin)(0.0)) == 0.0  # compilation still works

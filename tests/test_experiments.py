@@ -310,7 +310,7 @@ def test_poorly_identified_entries_of_an_array_param_mark_the_param():
 def test_uq_targets_read_the_block_at_the_main_lead():
     """PICP90 and spread/skill of hybrid_joint in domain against their bands, and its CRPS
     against the emulator's on each shifted set; no block, no targets."""
-    from scilayers.experiments._engine import uq_targets
+    from scilayers.experiments._uq import uq_targets
 
     def at(picp, ss, crps):
         return {"at_lead": {"picp_90": picp, "spread_skill": ss, "crps": crps}}

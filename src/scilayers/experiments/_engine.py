@@ -43,7 +43,7 @@ from ..solvers import rollout, takes_time
 from ..training import fit
 from ._common import RunCache, environment, write_json
 from ._study import AbstractStudy, EvalSet, Problem
-from ._uq import run_uq
+from ._uq import run_uq, uq_targets
 
 REFERENCE = ("persistence", "climatology")
 METHODS = (
@@ -574,9 +574,7 @@ class _WallLedger:
         return [*self.earlier, time.perf_counter() - self.t_start]
 
     def update(self) -> None:
-        if distributed.is_writer():
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            write_json(self.path, {"seconds": self.seconds()})
+        write_json(self.path, {"seconds": self.seconds()})  # process 0 only
 
     def total(self) -> float:
         return float(sum(self.seconds()))
@@ -760,38 +758,6 @@ def _generic_targets(res: dict) -> list[dict]:
                     "value": f"{wall / 60:.1f} min (before figures{how})", "target": "< 10",
                     "pass": bool(wall < 600)})  # fmt: skip
     return out + uq_targets(res.get("uq"))
-
-
-def uq_targets(uq: dict | None) -> list[dict]:
-    """Issue-level UQ targets at the main lead time: hybrid_joint's 90 % coverage and
-    spread–skill in domain, and its CRPS below the emulator's on every shifted set."""
-    if not uq or "hybrid_joint" not in uq.get("methods", {}):
-        return []
-    kind = uq.get("kind", "ensemble")
-    joint = uq["methods"]["hybrid_joint"]
-    at = {k: v["at_lead"] for k, v in joint.items() if isinstance(v, dict) and "at_lead" in v}
-    out = []
-    if "id" in at:
-        picp, ss = at["id"].get("picp_90"), at["id"].get("spread_skill")
-        out.append({"name": f"uq ({kind}): hybrid_joint PICP90 in domain",
-                    "value": _g3(picp), "target": "0.85-0.95",
-                    "pass": picp is not None and 0.85 <= picp <= 0.95})  # fmt: skip
-        out.append({"name": f"uq ({kind}): hybrid_joint spread/skill in domain",
-                    "value": _g3(ss), "target": "0.8-1.2",
-                    "pass": ss is not None and 0.8 <= ss <= 1.2})  # fmt: skip
-    emu = uq["methods"].get("neural_emulator", {})
-    for name in (k for k in at if k != "id"):
-        a = at[name].get("crps")
-        b = emu.get(name, {}).get("at_lead", {}).get("crps") if isinstance(emu, dict) else None
-        if a is not None and b is not None:
-            out.append({"name": f"uq ({kind}), {name}: hybrid_joint CRPS below neural_emulator",
-                        "value": f"{a:.3g} vs {b:.3g}", "target": "lower",
-                        "pass": bool(a < b)})  # fmt: skip
-    return out
-
-
-def _g3(x) -> str:
-    return "—" if x is None else f"{x:.3g}"
 
 
 def _generic_notes(study: AbstractStudy, problem: Problem) -> list[str]:

@@ -41,6 +41,7 @@ import numpy as np
 
 from ..distributed import agree, is_writer
 from ..hybrid import NeuralStepper
+from ..metrics import EnsemblePrediction, interval
 from ..params import LogNormal, values
 from ..solvers import takes_time
 from ..uq import (
@@ -167,7 +168,7 @@ def _forecasts(study: AbstractStudy, problem: Problem, models: list, error, seed
         truth = es.data[:b, es.start : es.start + n + 1]
         sets[name] = (truth, pred)
         samples = np.asarray(pred.samples)[:, 0].reshape(pred.samples.shape[0], n + 1, -1)
-        lo, hi = np.quantile(samples[..., 0], [0.05, 0.95], axis=0, method="weibull")
+        lo, hi = interval(EnsemblePrediction(samples[..., 0]), 0.9)
         shown[name] = np.stack(
             [truth[0].reshape(n + 1, -1)[:, 0], samples[..., 0].mean(0), lo, hi]
         ).astype(np.float32)
@@ -268,6 +269,34 @@ def _bayes(study: AbstractStudy, problem: Problem, seed: int, out: Path, progres
 
 def _g(x) -> str:
     return "—" if x is None else f"{x:.3g}"
+
+
+def uq_targets(uq: dict | None) -> list[dict]:
+    """Issue-level UQ targets at the main lead time: hybrid_joint's 90 % coverage and
+    spread–skill in domain, and its CRPS below the emulator's on every shifted set."""
+    if not uq or "hybrid_joint" not in uq.get("methods", {}):
+        return []
+    kind = uq.get("kind", "ensemble")
+    joint = uq["methods"]["hybrid_joint"]
+    at = {k: v["at_lead"] for k, v in joint.items() if isinstance(v, dict) and "at_lead" in v}
+    out = []
+    if "id" in at:
+        picp, ss = at["id"].get("picp_90"), at["id"].get("spread_skill")
+        out.append({"name": f"uq ({kind}): hybrid_joint PICP90 in domain",
+                    "value": _g(picp), "target": "0.85-0.95",
+                    "pass": picp is not None and 0.85 <= picp <= 0.95})  # fmt: skip
+        out.append({"name": f"uq ({kind}): hybrid_joint spread/skill in domain",
+                    "value": _g(ss), "target": "0.8-1.2",
+                    "pass": ss is not None and 0.8 <= ss <= 1.2})  # fmt: skip
+    emu = uq["methods"].get("neural_emulator", {})
+    for name in (k for k in at if k != "id"):
+        a = at[name].get("crps")
+        b = emu.get(name, {}).get("at_lead", {}).get("crps") if isinstance(emu, dict) else None
+        if a is not None and b is not None:
+            out.append({"name": f"uq ({kind}), {name}: hybrid_joint CRPS below neural_emulator",
+                        "value": f"{a:.3g} vs {b:.3g}", "target": "lower",
+                        "pass": bool(a < b)})  # fmt: skip
+    return out
 
 
 def run_uq(study: AbstractStudy, problem: Problem, seed: int, out: Path, kind: str,

@@ -90,8 +90,8 @@ def uq_section(results: Results) -> str:
             covered = row.get("covered")
             ident = row.get("identified")
             extra = [{True: "yes", False: "no"}.get(ident, "—")] if marked else []
-            theta_rows.append([*extra,
-                f"`{name}`", f"`{p}`", fmt_number(_num(np.mean(row["mean"]))),
+            theta_rows.append([
+                f"`{name}`", f"`{p}`", *extra, fmt_number(_num(np.mean(row["mean"]))),
                 fmt_number(_num(np.mean(row["std"]))),
                 f"[{fmt_number(_num(ci[0]))}, {fmt_number(_num(ci[1]))}]",
                 fmt_number(_num(row.get("true"))),
@@ -102,7 +102,6 @@ def uq_section(results: Results) -> str:
         head = ["Method", "θ_s", "mean", "std", "95 % interval", "true", "covers truth",
                 "R-hat"]  # fmt: skip
         if marked:
-            theta_rows = [[*r[1:3], r[0], *r[3:]] for r in theta_rows]
             head = [*head[:2], "identified (Fisher)", *head[2:]]
         out += ["### θ_s uncertainty", "", markdown_table(head, theta_rows), "",
             "Ensemble intervals are mean ± 1.96 std across members; Bayesian ones are posterior "
