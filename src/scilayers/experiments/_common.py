@@ -46,6 +46,16 @@ def _clean(x):
     return x
 
 
+def save_figure(fig, path: Path, dpi: int) -> str:
+    """Write a study's figure to ``path`` (``OUT/figures/NAME``) and close it; returns the
+    ``file`` its entry in ``results.json["figures"]`` names (``figures/NAME``)."""
+    import matplotlib.pyplot as plt
+
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return f"figures/{Path(path).name}"
+
+
 def write_json(path: Path, obj) -> None:
     """Atomically write ``obj`` as JSON (NaN/Inf become null); in a multi-process run only
     process 0 writes (`scilayers.distributed.is_writer`)."""

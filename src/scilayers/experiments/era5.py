@@ -48,6 +48,7 @@ from ..models import AbstractForcedModel, AbstractModel, LatLonAdvectionDiffusio
 from ..params import Bounded, LogNormal, Normal, Param, values
 from ..solvers import AbstractStepper
 from ..training import OnlineConfig, TrainConfig, fit, online_fit
+from ._common import save_figure
 from ._study import AbstractStudy, EvalSet, Problem, StudyConfig
 
 #: Horizontal eddy diffusivities used for atmospheric transport at this grid scale (m²/s).
@@ -1052,10 +1053,8 @@ class ERA5Study(AbstractStudy):
             fig.suptitle(f"Forecast from hour {start} ({_when(d, start)} UTC), seed "
                          f"{results['seeds'][0]}")  # fmt: skip
             fig.tight_layout()
-            fig.savefig(figs / "era5_maps.png", dpi=110)
-            plt.close(fig)
             entries.append({
-                "file": "figures/era5_maps.png",
+                "file": save_figure(fig, figs / "era5_maps.png", dpi=110),
                 "title": "Truth, hybrid_joint forecast and error at several leads",
                 "caption": "First test start, first seed: ERA5 2 m temperature (top), the "
                 "jointly trained hybrid's forecast (middle) and its error (bottom) in K.",
@@ -1077,10 +1076,8 @@ class ERA5Study(AbstractStudy):
         ax.legend(fontsize=7, ncol=2)
         ax.grid(alpha=0.3)
         fig.tight_layout()
-        fig.savefig(figs / "era5_rmse_by_lead.png", dpi=120)
-        plt.close(fig)
         entries.append({
-            "file": "figures/era5_rmse_by_lead.png",
+            "file": save_figure(fig, figs / "era5_rmse_by_lead.png", dpi=120),
             "title": "RMSE against lead time, every method",
             "caption": "Square root of the seed-mean MSE over all cells at each lead, from the "
             "same test starts; dashed: reference forecasts and the study's simple baselines.",
@@ -1119,10 +1116,8 @@ class ERA5Study(AbstractStudy):
         axes[0].legend(fontsize=7, ncol=2)
         axes[-1].set_xlabel("days since 2019-03-01 00 UTC (shaded: test period)")
         fig.tight_layout()
-        fig.savefig(figs / "era5_theta_online.png", dpi=120)
-        plt.close(fig)
         return {
-            "file": "figures/era5_theta_online.png",
+            "file": save_figure(fig, figs / "era5_theta_online.png", dpi=120),
             "title": "θ_s tracked online through the month",
             "caption": "Learned u, v, κ after each online update (every "
             f"{online['config']['every']} h, window {online['config']['window']} h), next to "

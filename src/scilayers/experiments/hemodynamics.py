@@ -60,6 +60,7 @@ from ..params import LogNormal, Param, Positive, values
 from ..solvers import AbstractStepper, ArterialMUSCL
 from ..solvers._arterial import arterial_stable_dt
 from ..training import TrainConfig
+from ._common import save_figure
 from ._study import AbstractStudy, EvalSet, Problem, StudyConfig
 
 THETA = ("E", "R1", "C", "R2")
@@ -661,9 +662,7 @@ class HemodynamicsStudy(AbstractStudy):
                 axes[-1, col].set_xlabel("time from forecast start (s)")
             axes[0, 0].legend(fontsize=7)
             fig.tight_layout()
-            fig.savefig(figs / "waveforms.png", dpi=100)
-            plt.close(fig)
-            entries.append({"file": "figures/waveforms.png",
+            entries.append({"file": save_figure(fig, figs / "waveforms.png", dpi=100),
                             "title": "Waveforms at measured and unmeasured sites",
                             "caption": "Forecasts from the same start (first test trajectory, "
                                        "seed 0): truth (black) and methods; the top rows are "
@@ -683,9 +682,7 @@ class HemodynamicsStudy(AbstractStudy):
                 ax.plot(tv, lv, "o")
                 ax.set(title=k, xlabel="true", ylabel="recovered")
             fig.tight_layout()
-            fig.savefig(figs / "cohort_theta.png", dpi=100)
-            plt.close(fig)
-            entries.append({"file": "figures/cohort_theta.png",
+            entries.append({"file": save_figure(fig, figs / "cohort_theta.png", dpi=100),
                             "title": "Recovered vs true θ_s across the cohort",
                             "caption": "Physics calibrated on each virtual patient's sparse "
                                        "measurements; grey band: ±10 %."})  # fmt: skip

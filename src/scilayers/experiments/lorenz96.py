@@ -40,7 +40,7 @@ from ..nn import PeriodicCNN1d, Polynomial
 from ..params import LogNormal, Normal, Param
 from ..solvers import Diffrax, Repeated, direct_adjoint, rollout
 from ..training import TrainConfig
-from ._common import RunCache
+from ._common import RunCache, save_figure
 from ._study import AbstractStudy, EvalSet, Problem, StudyConfig
 
 
@@ -660,11 +660,9 @@ class Lorenz96Study(AbstractStudy):
         ax.set_ylabel("subgrid tendency")
         ax.legend(fontsize=8)
         fig.tight_layout()
-        fig.savefig(figs / "subgrid_tendency.png", dpi=120)
-        plt.close(fig)
         entries.append(
             {
-                "file": "figures/subgrid_tendency.png",
+                "file": save_figure(fig, figs / "subgrid_tendency.png", dpi=120),
                 "title": "Learned effective subgrid tendency against X",
                 "caption": "Grey: the true subgrid tendency on training states; dashed: "
                 "its cubic fit; lines: the effective tendency (closure plus what the "
@@ -691,11 +689,9 @@ class Lorenz96Study(AbstractStudy):
         axes[0][0].set_ylabel("density")
         axes[0][-1].legend(fontsize=7)
         fig.tight_layout()
-        fig.savefig(figs / "climate_pdf.png", dpi=120)
-        plt.close(fig)
         entries.append(
             {
-                "file": "figures/climate_pdf.png",
+                "file": save_figure(fig, figs / "climate_pdf.png", dpi=120),
                 "title": "Climate: density of X",
                 "caption": f"Long free runs ({c.climate_members} × {c.climate_time:g} "
                 "time units, seed 0) against the truth's density; mass outside the "

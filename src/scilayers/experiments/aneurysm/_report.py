@@ -12,7 +12,7 @@ from ...metrics import summary
 from ...models import Carreau
 from ...models._rheology import BLOOD_DENSITY, CHO_KENSEY_1991
 from ...solvers import tawss_osi
-from .._common import environment
+from .._common import environment, save_figure
 from ._config import CARREAU, METHODS, REFERENCES, SHEAR_RATES, TRAINED
 from ._identifiability import power_law_consistency, viscosity
 
@@ -370,9 +370,7 @@ def draw(study, out: Path, results: dict, arrays: dict, cases) -> list[dict]:
         fig.colorbar(ie, ax=list(axes[1]), shrink=0.8, label="|error| (m/s), √ scale")
     fig.suptitle(f"Velocity magnitude at peak inflow (phase {k + 1}/{truth.shape[0]}), "
                  f"seed {results['seeds'][0]}", fontsize=10)  # fmt: skip
-    fig.savefig(figs / "aneurysm_velocity.png", dpi=110)
-    plt.close(fig)
-    entries.append({"file": "figures/aneurysm_velocity.png",
+    entries.append({"file": save_figure(fig, figs / "aneurysm_velocity.png", dpi=110),
                     "title": "Velocity magnitude: truth, hybrid, calibrated and Newtonian",
                     "caption": "Speed at the phase of peak inflow on the coarse cells; "
                                "bottom: absolute error against the truth."})  # fmt: skip
@@ -396,9 +394,7 @@ def draw(study, out: Path, results: dict, arrays: dict, cases) -> list[dict]:
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=4, frameon=False)
     fig.tight_layout(rect=(0, 0.14, 1, 1))
-    fig.savefig(figs / "aneurysm_wss.png", dpi=110)
-    plt.close(fig)
-    entries.append({"file": "figures/aneurysm_wss.png",
+    entries.append({"file": save_figure(fig, figs / "aneurysm_wss.png", dpi=110),
                     "title": "Time-averaged WSS along the sac wall",
                     "caption": "TAWSS of the last cycle along the sac wall (seed 0): the "
                                "fine-lattice truth, the coarse lattice at the true θ_s "
@@ -421,9 +417,7 @@ def draw(study, out: Path, results: dict, arrays: dict, cases) -> list[dict]:
             ax.set_title(f"{case.name}: {case.label}", fontsize=9)
         axes[0][0].set_ylabel("TAWSS (Pa), smoothed")
         axes[0][0].legend(fontsize=7)
-        fig.savefig(figs / "aneurysm_uq_tawss.png", dpi=110)
-        plt.close(fig)
-        entries.append({"file": "figures/aneurysm_uq_tawss.png",
+        entries.append({"file": save_figure(fig, figs / "aneurysm_uq_tawss.png", dpi=110),
                         "title": "Sac TAWSS: the hybrid_joint ensemble's intervals",
                         "caption": "TAWSS along the sac wall (smoothed over one coarse cell "
                                    "of arc, neck corners left out): the fine-lattice truth, "
