@@ -114,7 +114,13 @@ class HemoConfig(StudyConfig):
     sparse: bool = True
 
 
-_QUICK_TRAIN = TrainConfig(steps=60, batch_size=8, horizon=4, lr_theta=3e-2, lr_net=2e-3,
+# Training windows of 10 observed steps (a quarter cycle, 0.24 s) for every method. With
+# 4-step windows (0.1 s) the loss sees the pressure wave cross the vessel (E) but hardly
+# the outflow's decay (time constant R2·C, 0.6-1.1 s), and the windows' noisy start states
+# then pull R2 ~10 % high and R1 ~8 % low; every θ_s-learning method inherited that bias
+# (issue 9: the calibrated physics and the joint hybrid at 2.0 mmHg in domain, the
+# staged hybrid better only because its shorter θ_s stage stopped before the bias).
+_QUICK_TRAIN = TrainConfig(steps=60, batch_size=8, horizon=10, lr_theta=3e-2, lr_net=2e-3,
                            val_every=20, schedule="cosine")  # fmt: skip
 PRESETS: dict[str, HemoConfig] = {
     "quick": HemoConfig(
@@ -129,7 +135,7 @@ PRESETS["full"] = PRESETS["quick"].replace(
     test_cycles=3,
     closure_variants=("unrestricted", "orthogonal"), lambda_sweep=(0.0, 1e-3, 1e-2),
     data_sizes=(1, 3), ablation_seeds=None, emulator_steps=1000,
-    train=_QUICK_TRAIN.replace(steps=300, batch_size=16, horizon=8, val_every=50),
+    train=_QUICK_TRAIN.replace(steps=300, batch_size=16, val_every=50),
 )  # fmt: skip
 
 
@@ -736,7 +742,21 @@ class HemodynamicsStudy(AbstractStudy):
              "Every method is trained on pressure and flow in every coarse cell (sparse = "
              "False)."),
             "MSE columns are in scaled units (pressure / 20 mmHg, flow / peak inflow).",
+            self._window_note(),
         ]
+
+    def _window_note(self) -> str:
+        """Training windows against the outflow's time constant (the prior's R2·C)."""
+        c = self.cfg
+        o = self.case().outlets[0]
+        h = max(c.train.horizon_schedule or (c.train.horizon,))
+        return (
+            f"Every method trains on windows of {h} observed steps ({h * c.dt:.2g} s, "
+            f"{h / c.samples_per_cycle:.2g} of a cycle); the prior's outflow time constant "
+            f"R2·C is {o.R2 * o.C:.2g} s. Windows of 4 steps (0.1 s) biased R2 ~10 % high "
+            f"and R1 ~8 % low for every θ_s-learning method (issue 9): they see the wave's "
+            f"transit (E) but hardly the outflow's decay, from noisy start states."
+        )
 
     def write_data(self, out: Path, progress: bool) -> str:
         ds = self._dataset()
