@@ -11,10 +11,13 @@
     fitted to the members' one-step residuals on the validation trajectories (``|φ|``
     clipped to 0.98; `scilayers.uq.fit_ar1`), its σ scaled so that the spread–skill ratio
     at the main lead time is 1 on the validation trajectories (variance inflation tuned on
-    held-out data, recorded as ``error_model.calibration``); every member is rolled out
-    ``cfg.uq_samples`` times with it (`scilayers.uq.ensemble_forecast`). The same error
-    model is used out of domain, so whether the intervals widen there is a property of the
-    members, not of a refit.
+    held-out data); every member is rolled out ``cfg.uq_samples`` times with it
+    (`scilayers.uq.ensemble_forecast`). Then the spread is recalibrated per lead time on
+    the same validation windows (`scilayers.uq.fit_spread_scale`, EMOS by minimum CRPS: a
+    factor, a floor of the component's typical spread, and per-component factors where the
+    state mixes quantities), both recorded as ``error_model.calibration``. The same error
+    model and recalibration are used out of domain, so whether the intervals widen there
+    is a property of the members, not of a refit.
 ``bayes``
     The NUTS posterior of θ_s of the trained ``hybrid_joint`` (seed of the first run;
     network weights fixed at their trained values), with the solver inside the likelihood
@@ -48,6 +51,7 @@ from ..uq import (
     AR1,
     ensemble_forecast,
     fit_ar1,
+    fit_spread_scale,
     init_members,
     member,
     one_step_residuals,
@@ -108,6 +112,7 @@ class _ErrorModel:
         self.per_component = fit_ar1(res, per_component=True, max_phi=0.98)
         self.pooled = fit_ar1(res, max_phi=0.98)
         self.inflation = 1.0
+        self.scale = None
 
     def on(self, shape: tuple[int, ...]):
         same = tuple(np.shape(self.per_component.phi)) == tuple(shape)
@@ -115,31 +120,55 @@ class _ErrorModel:
         return AR1(base.phi, self.inflation * base.sigma, base.mean)
 
     def calibrate(self, models: list, problem: Problem, lead: int, dt: float, key) -> dict:
-        """Scale σ so that the spread–skill ratio at ``lead`` is 1 on the validation
-        trajectories (variance inflation tuned on held-out data, never on the test sets):
-        ``c² = (skill² − spread_members²) / spread_noise²``, clipped to ``[1/16, 16]``."""
+        """Calibrate on the validation trajectories (held-out data, never the test sets), in
+        two stages:
+
+        1. scale σ so that the spread–skill ratio at ``lead`` is 1 (variance inflation of
+           the model error: ``c² = (skill² − spread_members²) / spread_noise²``, clipped to
+           ``[1/16, 16]``); where the members alone already spread more than they err, this
+           cannot narrow them, hence
+        2. `scilayers.uq.fit_spread_scale` (EMOS by minimum CRPS): per lead time a factor
+           on the spread and the weight of a floor of the component's typical spread, and
+           per state component a factor (shrunk by empirical Bayes); applied to every
+           forecast by `recalibrate`."""
         val = np.asarray(problem.val)
         lead = int(min(lead, val.shape[1] - 1))
         starts = list(range(0, val.shape[1] - lead, max(1, lead // 2)))
         u0 = jnp.asarray(np.concatenate([val[:, s] for s in starts]))
-        truth = np.concatenate([val[:, s + lead] for s in starts]).astype(np.float64)
+        windows = np.concatenate([val[:, s : s + lead + 1] for s in starts]).astype(np.float64)
+        truth = windows[:, -1]
         t0 = None
         if problem.val_t0 is not None and takes_time(models[0]):
             t0 = jnp.asarray(np.concatenate([np.asarray(problem.val_t0) + s * dt for s in starts]))
         stacked = stack_members(models)
         shape = tuple(val.shape[2:])
-        bare = np.asarray(ensemble_forecast(stacked, u0, lead, key, t0=t0).samples)[:, 0, :, -1]
-        noisy = ensemble_forecast(stacked, u0, lead, key, t0=t0, samples=4, error=self.on(shape))
-        noisy = np.asarray(noisy.samples)[:, :, :, -1]  # (members, samples, batch, *state)
-        noisy = noisy.reshape(-1, *noisy.shape[2:])
+        kb, kn = jax.random.split(key)
+        bare = np.asarray(ensemble_forecast(stacked, u0, lead, kb, t0=t0).samples)[:, 0, :, -1]
         skill2 = float(np.mean((bare.mean(0) - truth) ** 2))
         members2 = float(np.mean(bare.var(0)))
+
+        def noisy_forecast():
+            fc = ensemble_forecast(stacked, u0, lead, kn, t0=t0, samples=4, error=self.on(shape))
+            s = np.asarray(fc.samples)  # (members, samples, batch, time, *state)
+            return s.reshape(-1, *s.shape[2:])
+
+        noisy = noisy_forecast()[:, :, -1]
         noise2 = max(float(np.mean(noisy.var(0))) - members2, 1e-30)
         c2 = float(np.clip((skill2 - members2) / noise2, 1 / 256, 256))
         self.inflation = float(np.sqrt(c2))
+        scale = fit_spread_scale(windows, EnsemblePrediction(noisy_forecast()),
+                                 independent=val.shape[0])  # fmt: skip
+        self.scale = scale
         return {"inflation": self.inflation, "lead": lead, "windows": int(u0.shape[0]),
                 "skill": skill2**0.5, "members_spread": members2**0.5,
-                "noise_spread": noise2**0.5}  # fmt: skip
+                "noise_spread": noise2**0.5,
+                "spread_scale_by_lead": [float(v) for v in scale.lead],
+                "floor_weight_by_lead": [float(v) for v in scale.mix],
+                "spread_scale_components": _spread_summary(scale.component)}  # fmt: skip
+
+    def recalibrate(self, pred: EnsemblePrediction) -> EnsemblePrediction:
+        """A forecast with the spread factors of `calibrate` applied (none before it)."""
+        return pred if self.scale is None else self.scale.apply(pred)
 
     @property
     def phi(self):
@@ -164,7 +193,7 @@ def _forecasts(study: AbstractStudy, problem: Problem, models: list, error, seed
         t0 = start_times(es, models[0], cfg.dt, b)
         fc = ensemble_forecast(stacked, u0, n, _key(f"forecast/{name}", seed), t0=t0,
                                samples=cfg.uq_samples, error=error.on(es.state_shape))  # fmt: skip
-        pred = fc.prediction()
+        pred = error.recalibrate(fc.prediction())
         truth = es.data[:b, es.start : es.start + n + 1]
         sets[name] = (truth, pred)
         samples = np.asarray(pred.samples)[:, 0].reshape(pred.samples.shape[0], n + 1, -1)
@@ -215,6 +244,11 @@ def _ensemble(study: AbstractStudy, problem: Problem, method: str, seed: int, pr
     block["error_model"] = dict(_ar1_summary(error), calibration=inflation)
     block["notes"] = list(res.notes)
     return block, shown
+
+
+def _spread_summary(component: np.ndarray) -> dict:
+    c = np.asarray(component, np.float64)
+    return {"min": float(c.min()), "median": float(np.median(c)), "max": float(c.max())}
 
 
 def _ar1_summary(error) -> dict:

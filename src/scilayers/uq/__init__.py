@@ -31,3 +31,5 @@ from ._propagation import ensemble_forecast as ensemble_forecast
 from ._propagation import fit_ar1 as fit_ar1
 from ._propagation import one_step_residuals as one_step_residuals
 from ._propagation import unscented_rollout as unscented_rollout
+from ._recalibrate import SpreadScale as SpreadScale
+from ._recalibrate import fit_spread_scale as fit_spread_scale
