@@ -1,20 +1,20 @@
 """Recalibration of an ensemble forecast's spread on held-out data, in the form of
 ensemble model output statistics (EMOS; Gneiting et al. 2005): per lead time, the predictive
 variance ``c² [(1 − r) S² + r S̄²]`` — the ensemble's own variance ``S²`` at the point and
-its typical variance ``S̄²`` for that component — with ``c`` and ``r`` of minimum CRPS, after
-per-component factors (shrunk towards none by empirical Bayes) where the state mixes
-quantities the ensemble sizes differently."""
+its typical variance ``S̄²`` for that component — with ``c`` and ``r`` chosen so that the
+validation forecasts have spread–skill 1 and nominal coverage, after per-component factors
+(shrunk towards none by empirical Bayes) where the state mixes quantities the ensemble
+sizes differently."""
 
 from __future__ import annotations
 
+from statistics import NormalDist
 from typing import NamedTuple
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 from jaxtyping import ArrayLike
 
-from ..metrics import EnsemblePrediction, crps_gaussian
+from ..metrics import EnsemblePrediction
 
 _MIX = np.linspace(0.0, 1.0, 11)  # the weights r of the floor tried at every lead time
 
@@ -84,25 +84,10 @@ class SpreadScale(NamedTuple):
         return EnsemblePrediction(out.astype(np.asarray(pred.samples).dtype))
 
 
-@jax.jit
-def _crps_curve(sd, miss, scales):
-    """The mean CRPS of ``N(x̄, (s·sd)²)`` at the truth (``miss = y − x̄``) for every ``s``
-    of ``scales``."""
-    return jax.vmap(lambda s: jnp.mean(crps_gaussian(miss, 0.0, s * sd)))(scales)
-
-
-def _best_scale(sd, miss, lo: float, hi: float) -> tuple[float, float]:
-    """The factor in ``[lo, hi]`` of minimum mean CRPS and that CRPS: a grid of 64 factors
-    evenly spaced in their logarithm, then 33 more between the best one's neighbours (the
-    CRPS is convex in the factor), so to within half a percent."""
-    sd, miss = jnp.asarray(sd, jnp.float32), jnp.asarray(miss, jnp.float32)
-    grid = np.geomspace(lo, hi, 64)
-    curve = np.asarray(_crps_curve(sd, miss, jnp.asarray(grid, jnp.float32)))
-    i = int(np.argmin(curve))
-    fine = np.geomspace(grid[max(i - 1, 0)], grid[min(i + 1, 63)], 33)
-    curve = np.asarray(_crps_curve(sd, miss, jnp.asarray(fine, jnp.float32)))
-    j = int(np.argmin(curve))
-    return float(fine[j]), float(curve[j])
+def _coverage(sd, miss, level: float = 0.9) -> float:
+    """The fraction of ``|miss|`` inside the central ``level`` interval of ``N(0, sd²)``."""
+    z = NormalDist().inv_cdf(0.5 + level / 2)
+    return float(np.mean(np.abs(miss) <= z * sd))
 
 
 def _component_factors(miss, var, lead_q, independent: int) -> np.ndarray:
@@ -140,25 +125,29 @@ def fit_spread_scale(
     *,
     per_component: bool = True,
     floor: bool = True,
+    level: float = 0.9,
     independent: int | None = None,
     bounds: tuple[float, float] = (1 / 16, 16),
 ) -> SpreadScale:
-    """Fit a `SpreadScale` on validation forecasts by minimum CRPS (Gneiting et al. 2005's
-    minimum-CRPS estimation of EMOS) of the moment-matched Gaussian
-    (`scilayers.metrics.as_gaussian`: the same for any number of members, and for Gaussian
-    errors and ``r = 0`` exactly the factor of spread–skill 1).
+    """Fit a `SpreadScale` on validation forecasts, so that on them the forecast has the
+    two properties a calibrated one has: its spread matches its error (spread–skill 1 at
+    every lead time) and its central ``level`` interval covers ``level`` of the truth.
+    Spreads are those of the moment-matched Gaussian (`scilayers.metrics.as_gaussian`, the
+    same for any number of members).
 
     1. Per component (``per_component``): factors ``b_j`` that make each component's
        squared error and predictive variance agree over the windows and lead times, shrunk
        to 1 unless the components differ by more than the windows' sampling noise.
-    2. Per lead time: the factor ``c_l`` and the weight ``r_l`` (of 0, 0.1, …, 1) of the
-       component's typical spread ``S̄`` in the variance ``c² [(1 − r) S² + r S̄²]``.
+    2. Per lead time, for each weight ``r`` of 0, 0.1, …, 1 of the floor in the variance
+       ``c² [(1 − r) S² + r S̄²]`` (``S̄`` the component's typical spread at that lead),
+       the ``c`` of spread–skill 1; of those, the ``r`` whose ``level`` coverage is
+       nearest ``level`` (the least ``r`` on ties; ``r = 0`` is a pure rescaling).
 
     Why the floor: a small ensemble's spread varies from point to point more than its
-    errors do, and the points it is sure about are not the ones it gets right; then no
-    rescaling serves both the spread–skill ratio and the 90 % coverage (matching the RMSE
-    under-covers, covering is too wide), while a little of the typical spread under every
-    point does. With ``floor=False`` only ``c_l`` is fitted.
+    errors do, and the points it is sure about are not the ones it gets right. Then no
+    rescaling serves both properties — matching the RMSE under-covers, covering is too
+    wide — while a share of the typical spread under every point can. With
+    ``floor=False`` only ``c`` is fitted.
 
     **Arguments:**
 
@@ -167,6 +156,7 @@ def fit_spread_scale(
       ``members >= 2``.
     - `per_component`: fit component factors (default true).
     - `floor`: fit the floor's weight (default true).
+    - `level`: the interval whose coverage chooses the floor's weight (default 0.9).
     - `independent`: how many of the windows are independent, for the component factors'
       shrinkage (default: all of them; pass the number of trajectories when several
       windows are cut from each).
@@ -200,15 +190,17 @@ def fit_spread_scale(
     var = var * comp**2
     typical = np.sqrt(var.mean(axis=0))  # S̄ per lead and component, (time, *state)
     lead, mix = np.ones(time), np.zeros(time)
+    lo, hi = bounds
     for k in range(1, time):
         if not np.any(var[:, k]):
             continue  # no spread to scale (e.g. the members agree exactly)
         miss = y[:, k] - mean[:, k]
         best = None
         for r in _MIX if floor else _MIX[:1]:
-            sd = np.sqrt((1 - r) * var[:, k] + r * typical[k] ** 2)
-            c, score = _best_scale(sd, miss, *bounds)
-            if best is None or score < best[0]:
-                best = (score, c, r)
+            base = (1 - r) * var[:, k] + r * typical[k] ** 2
+            c = float(np.clip(np.sqrt(np.mean(miss**2) / np.mean(base)), lo, hi))
+            gap = abs(_coverage(c * np.sqrt(base), miss, level) - level)
+            if best is None or gap < best[0] - 1e-12:  # ties: the least floor
+                best = (gap, c, r)
         lead[k], mix[k] = best[1], best[2]
     return SpreadScale(lead, mix, typical, comp)
