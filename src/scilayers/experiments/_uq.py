@@ -9,9 +9,10 @@
     data order, with the method's training config and budget (no validation or early
     stopping). Model error correlated in time is an AR(1) process per state component,
     fitted to the members' one-step residuals on the validation trajectories (``|φ|``
-    clipped to 0.98; `scilayers.uq.fit_ar1`), its σ scaled so that the spread–skill ratio
-    at the main lead time is 1 on the validation trajectories (variance inflation tuned on
-    held-out data); every member is rolled out ``cfg.uq_samples`` times with it
+    clipped to 0.98; `scilayers.uq.fit_ar1`; its mean is not used, since a bias fitted on
+    the validation residuals would be scored in-sample below), its σ scaled so that the
+    spread–skill ratio at the main lead time is 1 on the validation trajectories (variance
+    inflation tuned on held-out data); every member is rolled out ``cfg.uq_samples`` times with it
     (`scilayers.uq.ensemble_forecast`). Then the spread is recalibrated per lead time on
     the same validation windows (`scilayers.uq.fit_spread_scale`, EMOS by minimum CRPS: a
     factor, a floor of the component's typical spread, and per-component factors where the
@@ -117,7 +118,10 @@ class _ErrorModel:
     def on(self, shape: tuple[int, ...]):
         same = tuple(np.shape(self.per_component.phi)) == tuple(shape)
         base = self.per_component if same else self.pooled
-        return AR1(base.phi, self.inflation * base.sigma, base.mean)
+        # zero mean: a bias fitted on the validation residuals would be scored in-sample by
+        # the calibration on the same trajectories (its error there half the test error on
+        # ERA5); the process carries the model error's spread and memory, not a correction
+        return AR1(base.phi, self.inflation * base.sigma, np.zeros_like(base.mean))
 
     def calibrate(self, models: list, problem: Problem, lead: int, dt: float, key) -> dict:
         """Calibrate on the validation trajectories (held-out data, never the test sets), in
