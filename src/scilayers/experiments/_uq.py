@@ -8,15 +8,15 @@
     own network initialisation, its own θ_s start (jittered around the prior) and its own
     data order, with the method's training config and budget (no validation or early
     stopping). Model error correlated in time is an AR(1) process per state component,
-    fitted to the members' one-step residuals on the validation trajectories (``|φ|``
-    clipped to 0.98; `scilayers.uq.fit_ar1`; its mean is not used, since a bias fitted on
-    the validation residuals would be scored in-sample below), its σ scaled so that the
-    spread–skill ratio at the main lead time is 1 on the validation trajectories (variance
-    inflation tuned on held-out data); every member is rolled out ``cfg.uq_samples`` times with it
+    fitted to the members' one-step residuals on half of the validation trajectories
+    (``|φ|`` clipped to 0.98; `scilayers.uq.fit_ar1`), its σ
+    scaled so that the spread–skill ratio at the main lead time is 1 on the other half
+    (variance inflation tuned on held-out data: the bias the process corrects is scored out
+    of sample); every member is rolled out ``cfg.uq_samples`` times with it
     (`scilayers.uq.ensemble_forecast`). Then the spread is recalibrated per lead time on
-    the same validation windows (`scilayers.uq.fit_spread_scale`, EMOS by minimum CRPS: a
-    factor, a floor of the component's typical spread, and per-component factors where the
-    state mixes quantities), both recorded as ``error_model.calibration``. The same error
+    the same held-out windows (`scilayers.uq.fit_spread_scale`, EMOS: a factor for
+    spread–skill 1, a floor of the component's typical spread for nominal 90 % coverage,
+    and per-component factors where the state mixes quantities), both recorded as ``error_model.calibration``. The same error
     model and recalibration are used out of domain, so whether the intervals widen there
     is a property of the members, not of a refit.
 ``bayes``
@@ -100,13 +100,24 @@ def _members(study: AbstractStudy, problem: Problem, method: str, seed: int):
     return members, tc.replace(strategy=strategy)
 
 
+def _split(problem: Problem) -> tuple[np.ndarray, np.ndarray]:
+    """The validation trajectories split in two: the even-numbered ones fit the model error,
+    the odd-numbered ones calibrate it (all of them for both when there is only one)."""
+    n = int(np.shape(problem.val)[0])
+    idx = np.arange(n)
+    return (idx, idx) if n < 2 else (idx[0::2], idx[1::2])
+
+
 class _ErrorModel:
     """AR(1) model error from one-step residuals on validation data: one process per state
-    component, and one pooled over components for a set on another grid."""
+    component, and one pooled over components for a set on another grid. It is fitted on
+    half of the validation trajectories and calibrated on the other half, so the bias it
+    corrects and the spread it adds are scored out of sample before any test set."""
 
     def __init__(self, models: list, problem: Problem):
-        val = jnp.asarray(problem.val)
-        t0 = None if problem.val_t0 is None else jnp.asarray(problem.val_t0)
+        fit_on, self.calibrate_on = _split(problem)
+        val = jnp.asarray(np.asarray(problem.val)[fit_on])
+        t0 = None if problem.val_t0 is None else jnp.asarray(np.asarray(problem.val_t0)[fit_on])
         res = np.concatenate(
             [np.asarray(one_step_residuals(m, val, t0 if takes_time(m) else None)) for m in models]
         )
@@ -118,10 +129,7 @@ class _ErrorModel:
     def on(self, shape: tuple[int, ...]):
         same = tuple(np.shape(self.per_component.phi)) == tuple(shape)
         base = self.per_component if same else self.pooled
-        # zero mean: a bias fitted on the validation residuals would be scored in-sample by
-        # the calibration on the same trajectories (its error there half the test error on
-        # ERA5); the process carries the model error's spread and memory, not a correction
-        return AR1(base.phi, self.inflation * base.sigma, np.zeros_like(base.mean))
+        return AR1(base.phi, self.inflation * base.sigma, base.mean)
 
     def calibrate(self, models: list, problem: Problem, lead: int, dt: float, key) -> dict:
         """Calibrate on the validation trajectories (held-out data, never the test sets), in
@@ -135,7 +143,7 @@ class _ErrorModel:
            on the spread and the weight of a floor of the component's typical spread, and
            per state component a factor (shrunk by empirical Bayes); applied to every
            forecast by `recalibrate`."""
-        val = np.asarray(problem.val)
+        val = np.asarray(problem.val)[self.calibrate_on]
         lead = int(min(lead, val.shape[1] - 1))
         starts = list(range(0, val.shape[1] - lead, max(1, lead // 2)))
         u0 = jnp.asarray(np.concatenate([val[:, s] for s in starts]))
@@ -143,7 +151,8 @@ class _ErrorModel:
         truth = windows[:, -1]
         t0 = None
         if problem.val_t0 is not None and takes_time(models[0]):
-            t0 = jnp.asarray(np.concatenate([np.asarray(problem.val_t0) + s * dt for s in starts]))
+            vt0 = np.asarray(problem.val_t0)[self.calibrate_on]
+            t0 = jnp.asarray(np.concatenate([vt0 + s * dt for s in starts]))
         stacked = stack_members(models)
         shape = tuple(val.shape[2:])
         kb, kn = jax.random.split(key)
