@@ -16,9 +16,10 @@
     (`scilayers.uq.ensemble_forecast`). Then the spread is recalibrated per lead time on
     the same held-out windows (`scilayers.uq.fit_spread_scale`, EMOS: a factor for
     spread–skill 1, a floor of the component's typical spread for nominal 90 % coverage,
-    and per-component factors where the state mixes quantities), both recorded as ``error_model.calibration``. The same error
-    model and recalibration are used out of domain, so whether the intervals widen there
-    is a property of the members, not of a refit.
+    and per-component factors where the state mixes quantities), both recorded as
+    ``error_model.calibration``. The same error model and recalibration are used out of
+    domain, so whether the intervals widen there is a property of the members, not of a
+    refit.
 ``bayes``
     The NUTS posterior of θ_s of the trained ``hybrid_joint`` (seed of the first run;
     network weights fixed at their trained values), with the solver inside the likelihood
