@@ -102,7 +102,7 @@ class HemoConfig(StudyConfig):
     samples_per_cycle: int = 40
     warmup_cycles: int = 6
     train_cycles: int = 3
-    val_cycles: int = 1
+    val_cycles: int = 3
     test_cycles: int = 3
     noise: float = 0.02
     hr_factors: tuple[float, ...] = (0.75, 1.3)
