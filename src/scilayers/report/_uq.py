@@ -49,8 +49,10 @@ def uq_section(results: Results) -> str:
     lead = uq.get("lead")
     how = uq.get("description") or (
         f"deep ensembles of {uq.get('members')} members (one vectorised program), each "
-        f"rolled out {uq.get('samples_per_member')} times with AR(1) model error fitted to "
-        "one-step residuals on the validation trajectories"
+        f"rolled out {uq.get('samples_per_member')} times with a zero-mean AR(1) model "
+        "error fitted to one-step residuals on half of the validation trajectories, the "
+        "spread then recalibrated per lead time on the other half (EMOS: spread/skill 1, a "
+        "floor of the typical spread for nominal 90 % coverage; `sl.uq.fit_spread_scale`)"
         if kind == "ensemble"
         else f"the NUTS posterior of θ_s (network fixed at its trained weights): "
         f"{uq.get('members')} posterior draws, each rolled out "
