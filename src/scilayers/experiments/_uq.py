@@ -145,10 +145,10 @@ class _ErrorModel:
            the model error: ``c² = (skill² − spread_members²) / spread_noise²``, clipped to
            ``[1/16, 16]``); where the members alone already spread more than they err, this
            cannot narrow them, hence
-        2. `scilayers.uq.fit_spread_scale` (EMOS by minimum CRPS): per lead time a factor
-           on the spread and the weight of a floor of the component's typical spread, and
-           per state component a factor (shrunk by empirical Bayes); applied to every
-           forecast by `recalibrate`."""
+        2. `scilayers.uq.fit_spread_scale` (EMOS): per lead time a factor on the spread
+           (spread–skill 1) and the weight of a floor of the component's typical spread
+           (90 % coverage nearest nominal), and per state component a factor (shrunk by
+           empirical Bayes); applied to every forecast by `recalibrate`."""
         val = np.asarray(problem.val)[self.calibrate_on]
         lead = int(min(lead, val.shape[1] - 1))
         starts = list(range(0, val.shape[1] - lead, max(1, lead // 2)))
