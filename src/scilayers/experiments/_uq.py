@@ -175,9 +175,8 @@ class _ErrorModel:
         noise2 = max(float(np.mean(noisy.var(0))) - members2, 1e-30)
         c2 = float(np.clip((skill2 - members2) / noise2, 1 / 256, 256))
         self.inflation = float(np.sqrt(c2))
-        scale = fit_spread_scale(windows, EnsemblePrediction(noisy_forecast()),
-                                 independent=val.shape[0])  # fmt: skip
-        self.scale = scale
+        self.scale = scale = fit_spread_scale(windows, EnsemblePrediction(noisy_forecast()),
+                                              independent=val.shape[0])  # fmt: skip
         return {"inflation": self.inflation, "lead": lead, "windows": int(u0.shape[0]),
                 "skill": skill2**0.5, "members_spread": members2**0.5,
                 "noise_spread": noise2**0.5,

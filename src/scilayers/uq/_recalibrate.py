@@ -8,13 +8,12 @@ sizes differently."""
 
 from __future__ import annotations
 
-from statistics import NormalDist
 from typing import NamedTuple
 
 import numpy as np
 from jaxtyping import ArrayLike
 
-from ..metrics import EnsemblePrediction
+from ..metrics import EnsemblePrediction, GaussianPrediction, moments, picp
 
 _MIX = np.linspace(0.0, 1.0, 11)  # the weights r of the floor tried at every lead time
 
@@ -82,12 +81,6 @@ class SpreadScale(NamedTuple):
             eps = np.random.default_rng(seed).standard_normal(x.shape)
             out = out + c * np.sqrt(r) * self._floor(time, state) * eps
         return EnsemblePrediction(out.astype(np.asarray(pred.samples).dtype))
-
-
-def _coverage(sd, miss, level: float = 0.9) -> float:
-    """The fraction of ``|miss|`` inside the central ``level`` interval of ``N(0, sd²)``."""
-    z = NormalDist().inv_cdf(0.5 + level / 2)
-    return float(np.mean(np.abs(miss) <= z * sd))
 
 
 def _component_factors(miss, var, lead_q, independent: int) -> np.ndarray:
@@ -171,11 +164,9 @@ def fit_spread_scale(
             f"fit_spread_scale: samples {x.shape} must be (members, *truth.shape) with truth "
             f"(batch, time, *state) = {y.shape}."
         )
-    m = x.shape[0]
-    if m < 2:
-        raise ValueError(f"fit_spread_scale needs at least 2 members, got {m}.")
-    mean = x.mean(axis=0)
-    var = x.var(axis=0, ddof=1) * (1 + 1 / m)
+    if x.shape[0] < 2:
+        raise ValueError(f"fit_spread_scale needs at least 2 members, got {x.shape[0]}.")
+    mean, var = (np.asarray(v, np.float64) for v in moments(EnsemblePrediction(x)))
     err2 = (mean - y) ** 2
     time = y.shape[1]
     state = y.shape[2:]
@@ -199,7 +190,8 @@ def fit_spread_scale(
         for r in _MIX if floor else _MIX[:1]:
             base = (1 - r) * var[:, k] + r * typical[k] ** 2
             c = float(np.clip(np.sqrt(np.mean(miss**2) / np.mean(base)), lo, hi))
-            gap = abs(_coverage(c * np.sqrt(base), miss, level) - level)
+            cover = picp(miss, GaussianPrediction(np.zeros_like(miss), c * np.sqrt(base)), level)
+            gap = abs(cover - level)
             if best is None or gap < best[0] - 1e-12:  # ties: the least floor
                 best = (gap, c, r)
         lead[k], mix[k] = best[1], best[2]
