@@ -56,7 +56,8 @@ def uq_section(results: Results) -> str:
         if kind == "ensemble"
         else f"the NUTS posterior of θ_s (network fixed at its trained weights): "
         f"{uq.get('members')} posterior draws, each rolled out "
-        f"{uq.get('samples_per_member')} times with AR(1) model error"
+        f"{uq.get('samples_per_member')} times with the same zero-mean AR(1) model error "
+        "and spread recalibration"
     )
     out = [
         f"Method: {how}. Scored on the first {uq.get('trajectories')} trajectories of each "
