@@ -14,7 +14,15 @@ import pytest
 
 from scilayers.experiments import get_study, run_study
 from scilayers.experiments._engine import transfer
-from scilayers.experiments.hemodynamics import PRESETS, ArterialStep, HemodynamicsStudy
+from scilayers.experiments.hemodynamics import (
+    PRESETS,
+    ArterialStep,
+    Closure,
+    HemodynamicsStudy,
+    LocalClosure,
+    _scaled_case,
+    _visco_matrix,
+)
 from scilayers.hybrid import Hybrid
 from scilayers.params import set_values, values
 from scilayers.solvers import ArterialMUSCL
@@ -74,7 +82,8 @@ def test_scaling_round_trips_and_step_is_the_muscl_steps(study):
 def test_closure_is_added_once_per_interval(study, key):
     step = study.physics()
     s = step.model.initial_condition()
-    net = study.closure(key)
+    net = HemodynamicsStudy(TINY.replace(closure="mlp"), data_dir=_data_dir()).closure(key)
+    assert isinstance(net, Closure)
     hyb = Hybrid(step, net, coupling="closure")
     phys = eqx.filter_jit(step)(s, 0.2)
     np.testing.assert_allclose(eqx.filter_jit(hyb)(s, 0.2), phys + step.dt * net(s), rtol=1e-9,
@@ -193,3 +202,105 @@ def test_training_windows_see_the_outflow_decay(preset):
     cfg = PRESETS[preset]
     h = max(cfg.train.horizon_schedule or (cfg.train.horizon,))
     assert h >= cfg.samples_per_cycle / 4
+
+
+def _local(key, cells=(16,), n_out=1, **kw):
+    return LocalClosure(cells, n_out, width=8, depth=2, key=key, **kw)
+
+
+def test_local_closure_is_one_stencil_network_shared_by_every_cell(key):
+    """Translation equivariance: shifting the interior of a vessel by one cell shifts the
+    term by one cell (away from the reflecting ends); the capacitor pressures get none."""
+    net = _local(key)
+    m = 16
+    x = np.linspace(0, 3, m + 1)
+    p, q = np.sin(x), np.cos(1.3 * x) + 0.2 * x  # cells 0..m (one extra to shift)
+    s0 = jnp.asarray(np.concatenate([p[:m], q[:m], [0.3]]))
+    s1 = jnp.asarray(np.concatenate([p[1:], q[1:], [-0.7]]))
+    g0, g1 = net(s0), net(s1)
+    np.testing.assert_allclose(g1[1 : m - 2], g0[2 : m - 1], rtol=1e-5, atol=1e-7)  # p
+    np.testing.assert_allclose(g1[m + 1 : 2 * m - 2], g0[m + 2 : 2 * m - 1], rtol=1e-5,
+                               atol=1e-7)  # fmt: skip
+    assert g0[-1] == 0 and g1[-1] == 0
+    assert not np.allclose(g0[:m], g0[0])  # and it does depend on the cell's state
+    with pytest.raises(ValueError, match="flat state of 33"):
+        net(jnp.zeros(30))
+
+
+def test_local_closure_wall_is_the_truths_viscoelastic_step(study):
+    """With ``kappa = ν_w / Δx²`` the closure's implicit wall step is exactly the truth's
+    Kelvin–Voigt step on the physics' grid (`_visco_matrix`), so the structure can
+    represent the wall the physics lacks; with a tiny ``kappa`` it does nothing."""
+    cfg = study.cfg
+    case = _scaled_case(study.case(), n_cells=cfg.n_cells)
+    v = case.vessels[0]
+    r = 0.5 * (v.r_prox + v.r_dist)
+    nu = (2 / 3) * np.sqrt(np.pi) * cfg.wall_viscosity * v.h0 / (case.rho * np.sqrt(np.pi) * r)
+    kappa = nu / (v.length / cfg.n_cells) ** 2
+    net = _local(jax.random.key(0), cells=(cfg.n_cells,), kappa0=kappa)
+    assert float(net.kappa[0]) == pytest.approx(kappa, rel=1e-5)
+    dt = 1e-3
+    q = jnp.asarray(np.random.default_rng(0).standard_normal(cfg.n_cells))
+    want = _visco_matrix(case, dt, cfg.wall_viscosity) @ np.asarray(q)
+    np.testing.assert_allclose(net.wall(dt)(q), want, rtol=1e-4, atol=1e-6)
+    weak = _local(jax.random.key(0), cells=(cfg.n_cells,), kappa0=1e-6)
+    np.testing.assert_allclose(weak.wall(dt)(q), q, rtol=1e-6, atol=1e-8)
+
+
+def test_local_closure_fits_friction_and_a_viscous_stencil(key):
+    """The per-cell network learns, from random states, a flow tendency made of a
+    pressure-dependent friction and ``c ∂²_x Q`` (the two terms the truth adds)."""
+    import optax
+
+    m = 16
+    net = _local(key, cells=(m,), n_out=0)
+    rng = np.random.default_rng(1)
+    x = np.linspace(0, 1, m)
+    k = rng.uniform(0.5, 3.0, (256, 1))
+    ph = rng.uniform(0, 6, (256, 1))
+    q = np.cos(k * x + ph) * rng.uniform(0.3, 1.0, (256, 1))
+    p = rng.uniform(-1, 1, (256, 1)) + 0.3 * np.sin(2 * x + ph)
+    states = jnp.asarray(np.concatenate([p, q], 1))
+    d2q = np.concatenate([q[:, 1:2] - q[:, :1], q[:, 2:] - 2 * q[:, 1:-1] + q[:, :-2],
+                          q[:, -2:-1] - q[:, -1:]], 1)  # fmt: skip
+    target = jnp.asarray(0.2 * q * (1 - 0.3 * p) + 2.0 * m**2 * d2q / 100)
+
+    def loss(n):
+        return jnp.mean((jax.vmap(n)(states)[:, m:] - target) ** 2)
+
+    opt = optax.adam(1e-2)
+    state = opt.init(eqx.filter(net, eqx.is_inexact_array))
+
+    @eqx.filter_jit
+    def step(n, st):
+        g = eqx.filter_grad(loss)(n)
+        upd, st = opt.update(g, st)
+        return eqx.apply_updates(n, upd), st
+
+    before = float(loss(net))
+    for _ in range(600):
+        net, state = step(net, state)
+    rel = float(loss(net)) / float(jnp.mean(target**2))
+    assert rel < 0.02, (before, rel)
+    assert float(loss(net)) < 0.05 * before
+
+
+def test_structured_hybrid_applies_the_wall_per_muscl_step(study, key):
+    """A `Hybrid` with the `LocalClosure`: the wall step after every MUSCL step, the local
+    term once per interval; with no wall viscosity it is the plain closure splitting."""
+    step = study.physics()
+    s = step.model.initial_condition()
+    weak = _local(key, cells=(TINY.n_cells,), kappa0=1e-9)
+    phys = eqx.filter_jit(step)(s, 0.2)
+    np.testing.assert_allclose(
+        eqx.filter_jit(Hybrid(step, weak, coupling="closure"))(s, 0.2),
+        phys + step.dt * weak(s), rtol=1e-6, atol=1e-8)  # fmt: skip
+    strong = _local(key, cells=(TINY.n_cells,), kappa0=1e3)
+    core = step.model
+    want = core.advance(s, 0.2, step.substeps, strong.wall(core.solver.dt)) + step.dt * strong(s)
+    got = eqx.filter_jit(Hybrid(step, strong, coupling="closure"))(s, 0.2)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-8)
+    assert not np.allclose(got, phys + step.dt * strong(s), atol=1e-4)
+    orth = Hybrid(step, strong, coupling="closure", identifiable="orthogonal")
+    g = eqx.filter_jit(orth)(s, 0.2)
+    assert np.all(np.isfinite(g))

@@ -64,6 +64,7 @@ from ._common import save_figure
 from ._study import AbstractStudy, EvalSet, Problem, StudyConfig
 
 THETA = ("E", "R1", "C", "R2")
+CLOSURES = ("structured", "mlp")
 
 
 # ------------------------------------------------------------------------- config
@@ -88,6 +89,9 @@ class HemoConfig(StudyConfig):
     - `sparse`: train on the clinical measurements only (proximal and distal pressure of
       the first vessel, inlet flow; `HemodynamicsStudy.observed`); ``False``: every
       coarse cell's pressure and flow.
+    - `closure`: ``"structured"`` (`LocalClosure`: a per-cell network of local quantities
+      and a learned implicit wall viscosity) or ``"mlp"`` (`Closure`: an MLP of the whole
+      state); `local_width`: the per-cell network's width (`depth` layers).
     """
 
     case: str = "boileau2015/uta"
@@ -112,6 +116,13 @@ class HemoConfig(StudyConfig):
     width: int = 64
     depth: int = 2
     sparse: bool = True
+    closure: str = "structured"
+    local_width: int = 16
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.closure not in CLOSURES:
+            raise ValueError(f"HemoConfig(closure={self.closure!r}): choose one of {CLOSURES}.")
 
 
 # Training windows of 10 observed steps (a quarter cycle, 0.24 s) for every method. With
@@ -193,10 +204,20 @@ class ArterialFlow(AbstractForcedModel):
         dp = beta / (2.0 * A0 * jnp.sqrt(A)) * dA  # dp/dt = (dp/dA) dA/dt
         return jnp.concatenate([dp / self.p_scale, dQ / self.q_scale, dpc / self.p_scale])
 
-    def advance(self, s, t, n: int):
+    def advance(self, s, t, n: int, wall=None):
+        """``n`` MUSCL steps from ``s``; ``wall`` (optional) maps the cells' flow after
+        every step (an implicit wall-viscosity step, `LocalClosure.wall`)."""
         dt = self.solver.dt
-        u = jax.lax.fori_loop(0, n, lambda i, v: self.solver(v, t + i * dt), self.to_physical(s))
-        return self.from_physical(u)
+        net = self.network
+
+        def one(i, v):
+            v = self.solver(v, t + i * dt)
+            if wall is None:
+                return v
+            A, Q, pc = net.split(v)
+            return net.join(A, self.q_scale * wall(Q / self.q_scale), pc)
+
+        return self.from_physical(jax.lax.fori_loop(0, n, one, self.to_physical(s)))
 
     def initial_condition(self, key=None):
         return self.from_physical(self.network.initial_state("mean"))
@@ -205,7 +226,9 @@ class ArterialFlow(AbstractForcedModel):
 class ArterialStep(AbstractStepper):
     """One observation interval ``dt`` = ``substeps`` MUSCL steps of an `ArterialFlow`; a
     closure (a `Hybrid` with ``coupling="closure"`` replaces `model` by the model with the
-    closure's term) is added once per interval, ``s ← Φ(s) + dt · g(t, s)``."""
+    closure's term) is added once per interval, ``s ← Φ(s) + dt · g(t, s)``. A
+    `LocalClosure`'s wall viscosity is stiff (``ν_w Δt/Δx²`` ≈ 100 per interval on 24
+    cells): it is applied implicitly after every MUSCL step instead, as the truth does."""
 
     model: AbstractForcedModel
     substeps: int = eqx.field(static=True)
@@ -218,7 +241,9 @@ class ArterialStep(AbstractStepper):
     def __call__(self, s, t=0.0):
         self.check(s)
         core = self._core()
-        v = core.advance(s, t, self.substeps)
+        net = getattr(getattr(self.model, "term", None), "net", None)
+        wall = net.wall(core.solver.dt) if isinstance(net, LocalClosure) else None
+        v = core.advance(s, t, self.substeps, wall)
         if self.model is not core:  # the closure's term alone
             v = v + self.dt * (self.model.source(t, s) - core.source(t, s))
         return v
@@ -238,6 +263,94 @@ class Closure(eqx.Module):
 
     def __call__(self, s):
         return self.out_scale * self.mlp(s)
+
+
+def _neumann_modes(m: int) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenvalues (≤ 0) and orthonormal eigenvectors of the ``m``-cell second difference
+    with reflecting (zero-flux) ends, the stencil of the truth's wall viscosity."""
+    D = np.diag(-2.0 * np.ones(m)) + np.diag(np.ones(m - 1), 1) + np.diag(np.ones(m - 1), -1)
+    D[0, 0] = D[-1, -1] = -1.0
+    lam, V = np.linalg.eigh(D)
+    return np.minimum(lam, 0.0), V
+
+
+class LocalClosure(eqx.Module):
+    r"""A structured closure: the same small network in every cell, seeing only local
+    quantities, and a learned wall viscosity.
+
+    Per cell ``i`` of a vessel (``m`` cells, scaled state), the inputs are
+    ``p_i, Q_i, m δQ_i / 4, m² δ²Q_i / 100, m δp_i / 4`` with the centred differences
+    ``δQ_i = (Q_{i+1} − Q_{i−1})/2``, ``δ²Q_i = Q_{i+1} − 2Q_i + Q_{i−1}`` taken with
+    reflecting ends (a ghost cell equal to the end cell); the network (shared weights, a
+    1-D stencil network) gives a pressure and a flow tendency for the cell. It can express
+    the friction of another velocity profile (``∝ Q/A(p)``) and the wall's ``ν_w ∂²_x Q``
+    at moderate strength; the capacitor pressures get no term.
+
+    The wall viscosity itself is too stiff for the explicit term (``ν_w Δt/Δx²`` ≈ 100 per
+    observation interval for the truth's wall on 24 cells): ``kappa = ν_w/Δx²`` (1/s, one
+    per vessel, learned on a log scale with gain `gain`) enters as the implicit step
+    ``Q ← (I − Δt κ D²)⁻¹ Q`` after every MUSCL step (`wall`, applied by `ArterialStep`),
+    the scheme the truth uses; it is outside the orthogonal projection, which no θ_s can
+    imitate (E, R1, C, R2 never diffuse flow along the vessel)."""
+
+    mlp: eqx.nn.MLP
+    log_kappa: jax.Array
+    cells: tuple[int, ...] = eqx.field(static=True)
+    n_out: int = eqx.field(static=True)
+    out_scale: float = eqx.field(static=True)
+    gain: float = eqx.field(static=True)
+
+    def __init__(self, cells, n_out: int, width: int, depth: int, key, kappa0: float = 50.0,
+                 gain: float = 25.0, out_scale: float = 0.3):  # fmt: skip
+        self.cells, self.n_out = tuple(int(m) for m in cells), int(n_out)
+        self.mlp = eqx.nn.MLP(5, 2, width, depth, activation=jnp.tanh, key=key)
+        self.gain, self.out_scale = float(gain), float(out_scale)
+        self.log_kappa = jnp.full((len(self.cells),), math.log(kappa0) / self.gain)
+
+    @property
+    def kappa(self) -> jax.Array:
+        """``ν_w / Δx²`` per vessel (1/s)."""
+        return jnp.exp(self.gain * self.log_kappa)
+
+    def _segments(self, x):
+        out, off = [], 0
+        for m in self.cells:
+            out.append(x[off : off + m])
+            off += m
+        return out
+
+    def __call__(self, s):
+        n = sum(self.cells)
+        if s.shape != (2 * n + self.n_out,):
+            raise ValueError(f"LocalClosure expects a flat state of {2 * n + self.n_out} "
+                             f"components (p, Q per cell, capacitor pressures), got "
+                             f"{s.shape}.")  # fmt: skip
+        feats = []
+        for p, Q in zip(self._segments(s[:n]), self._segments(s[n : 2 * n]), strict=True):
+            m = p.shape[0]
+            qg = jnp.concatenate([Q[:1], Q, Q[-1:]])
+            pg = jnp.concatenate([p[:1], p, p[-1:]])
+            dq = 0.5 * (qg[2:] - qg[:-2])
+            d2q = qg[2:] - 2.0 * Q + qg[:-2]
+            dp = 0.5 * (pg[2:] - pg[:-2])
+            feats.append(jnp.stack([p, Q, m * dq / 4.0, m**2 * d2q / 100.0, m * dp / 4.0], 1))
+        y = self.out_scale * jax.vmap(self.mlp)(jnp.concatenate(feats))
+        return jnp.concatenate([y[:, 0], y[:, 1], jnp.zeros(self.n_out, s.dtype)])
+
+    def wall(self, dt: float):
+        """The implicit wall-viscosity step of length ``dt`` on the cells' flow."""
+        kappa = self.kappa
+
+        def apply(Q):
+            parts = []
+            for j, q in enumerate(self._segments(Q)):
+                lam, V = _neumann_modes(q.shape[0])
+                V = jnp.asarray(V, q.dtype)
+                damp = 1.0 / (1.0 - dt * kappa[j] * jnp.asarray(lam, q.dtype))
+                parts.append(V @ (damp * (V.T @ q)))
+            return jnp.concatenate(parts)
+
+        return apply
 
 
 # ------------------------------------------------------------------------- helpers
@@ -459,8 +572,11 @@ class HemodynamicsStudy(AbstractStudy):
             x = ds[f"s_{name}"].values
             tt = ds[f"t_{name}"].values
             first = (c.train_cycles + c.val_cycles) * L if name == "id" else 0
-            starts = [first + j * (L // c.test_starts) + cyc * L
-                      for cyc in range(c.test_cycles - 1) for j in range(c.test_starts)]
+            starts = [
+                first + j * (L // c.test_starts) + cyc * L
+                for cyc in range(c.test_cycles - 1)
+                for j in range(c.test_starts)
+            ]
             starts = [i for i in starts if i + n <= x.shape[0]] or [first]
             data = np.stack([x[i : i + n] for i in starts])
             ctx = dict(self._context(name), x=np.arange(data.shape[-1]))
@@ -477,6 +593,12 @@ class HemodynamicsStudy(AbstractStudy):
             return None
         n = self.cfg.n_cells * len(self.case().vessels)
         return (0, self.cfg.n_cells - 1, n)
+
+    def quantities(self) -> np.ndarray:
+        """The state's quantities for ``--uq``: cells' pressure 0, cells' flow 1, the
+        Windkessel capacitor pressures 2 (each has its own error scale)."""
+        n = self.cfg.n_cells * len(self.case().vessels)
+        return np.repeat([0, 1, 2], [n, n, len(self.case().outlets)])
 
     def _label(self, name: str) -> str:
         ctx = self._context(name)
@@ -528,6 +650,10 @@ class HemodynamicsStudy(AbstractStudy):
 
     def closure(self, key, odd: bool = False):
         c = self.cfg
+        if c.closure == "structured":
+            case = self.case()
+            return LocalClosure([c.n_cells] * len(case.vessels), len(case.outlets),
+                                c.local_width, c.depth, key)  # fmt: skip
         return Closure(self._n(), c.width, c.depth, key, use_bias=not odd)
 
     def emulator(self, key):
@@ -547,10 +673,18 @@ class HemodynamicsStudy(AbstractStudy):
 
     def extra_metrics(self, eval_set: EvalSet, pred: np.ndarray, truth: np.ndarray) -> dict:
         if not np.all(np.isfinite(pred)):
-            return {k: float("nan") for k in ("p_prox_rmse_mmhg", "p_mid_rmse_mmhg",
-                                              "p_dist_rmse_mmhg",
-                                              "q_in_rmse_mls", "q_out_rmse_mls",
-                                              "systolic_error_mmhg", "diastolic_error_mmhg")}
+            return {
+                k: float("nan")
+                for k in (
+                    "p_prox_rmse_mmhg",
+                    "p_mid_rmse_mmhg",
+                    "p_dist_rmse_mmhg",
+                    "q_in_rmse_mls",
+                    "q_out_rmse_mls",
+                    "systolic_error_mmhg",
+                    "diastolic_error_mmhg",
+                )
+            }
         wp, wt = self._waveforms(pred[:, 1:]), self._waveforms(truth[:, 1:])
         rmse = {k: float(np.sqrt(np.mean((wp[k] - wt[k]) ** 2))) for k in wp}
         sys_err = np.abs(wp["p_dist"].max(1) - wt["p_dist"].max(1))
@@ -734,13 +868,16 @@ class HemodynamicsStudy(AbstractStudy):
             f"{c.wall_viscosity:g} Pa·s) and velocity profile γ = {c.gamma_true:g}.",
             f"Patient {c.patient}: true θ_s drawn within ±{100 * c.spread:g} % of the case "
             f"file's values, which are the physics' prior.",
-            ("Measured (the only components any method is trained on): pressure at the inlet "
-             "and at the distal end of vessel 1, and the inlet flow, with noise. Unmeasured "
-             "and predicted: the mid-vessel pressure (p_mid), the outlet flow (q_out) and every "
-             "other cell. Training windows and forecasts start from full states (the "
-             "periodic state is taken as known)." if c.sparse else
-             "Every method is trained on pressure and flow in every coarse cell (sparse = "
-             "False)."),
+            (
+                "Measured (the only components any method is trained on): pressure at the inlet "
+                "and at the distal end of vessel 1, and the inlet flow, with noise. Unmeasured "
+                "and predicted: the mid-vessel pressure (p_mid), the outlet flow (q_out) and every "
+                "other cell. Training windows and forecasts start from full states (the "
+                "periodic state is taken as known)."
+                if c.sparse
+                else "Every method is trained on pressure and flow in every coarse cell (sparse = "
+                "False)."
+            ),
             "MSE columns are in scaled units (pressure / 20 mmHg, flow / peak inflow).",
             self._window_note(),
         ]
