@@ -593,6 +593,79 @@ def test_spread_scale_shrinks_component_factors_of_a_homogeneous_state():
     np.testing.assert_allclose(scale.lead[1:], 2.0 / np.sqrt(1.1), rtol=0.15)
 
 
+def test_spread_scale_groups_keep_each_quantity_its_own_factor():
+    """A state of two quantities (say pressures and flows), the ensemble three times too
+    wide on one and three times too narrow on the other, seen through one window whose
+    errors persist along the lead time: without labels empirical Bayes shrinks the
+    component factors to one shared factor (one window cannot tell the components apart);
+    labelled by quantity each group keeps its own factor, pooled over its components, and
+    both quantities are calibrated on fresh windows."""
+    n = 128
+    ramp = np.linspace(0, 1, 21)[:, None]
+
+    def windows(rng, batch=1):
+        centre = rng.normal(size=(batch, 21, n))
+        sd = np.where(np.arange(n) < n // 2, 1 / 3, 3.0) * ramp
+        truth = centre + rng.normal(size=(batch, 1, n)) * sd  # one error, growing
+        z = rng.normal(size=(16, *centre.shape))
+        return truth, EnsemblePrediction(centre[None] + (z - z.mean(0)) * ramp)
+
+    def ratio(scale):  # the fitted factor of the second quantity over the first's
+        log = np.log(scale.component)
+        return np.exp(log[n // 2 :].mean() - log[: n // 2].mean())
+
+    truth, ens = windows(np.random.default_rng(7))
+    groups = (np.arange(n) >= n // 2).astype(int)
+    plain = sl.uq.fit_spread_scale(truth, ens, independent=1)
+    grouped = sl.uq.fit_spread_scale(truth, ens, independent=1, groups=groups)
+    assert 6.5 < ratio(grouped) < 12.5, ratio(grouped)  # truly 9
+    assert abs(np.log(ratio(plain) / 9)) > 2 * abs(np.log(ratio(grouped) / 9))  # shrunk
+    fresh_truth, fresh = windows(np.random.default_rng(8), batch=100)
+
+    def spread_skill(scale, part):
+        out = np.asarray(scale.apply(fresh).samples)[:, :, 10:, part]
+        return sl.metrics.spread_skill(fresh_truth[:, 10:, part], EnsemblePrediction(out))
+
+    halves = (slice(0, n // 2), slice(n // 2, n))
+    assert all(0.75 < spread_skill(grouped, h) < 1.33 for h in halves)
+    assert not all(0.75 < spread_skill(plain, h) < 1.33 for h in halves)
+    with pytest.raises(ValueError, match="groups of shape"):
+        sl.uq.fit_spread_scale(truth, ens, groups=groups[:5])
+
+
+def test_spread_scale_measured_components_set_the_unmeasured_ones_factors():
+    """Truth known only at a few components of each quantity (as a clinician measures two
+    pressures and one flow): the fit never reads the others' truth, gives them their
+    quantity's factor, and the whole state is calibrated on fresh windows."""
+    n, ramp = 64, np.linspace(0, 1, 11)[:, None]
+    groups = (np.arange(n) >= n // 2).astype(int)
+
+    def windows(rng, batch):
+        centre = rng.normal(size=(batch, 11, n))
+        truth = centre + rng.normal(size=centre.shape) * np.where(groups, 3.0, 1 / 3) * ramp
+        z = rng.normal(size=(16, *centre.shape))
+        return truth, EnsemblePrediction(centre[None] + (z - z.mean(0)) * ramp)
+
+    truth, ens = windows(np.random.default_rng(9), 40)
+    measured = np.array([0, 5, 40])  # two of the first quantity, one of the second
+    scale = sl.uq.fit_spread_scale(truth, ens, groups=groups, observed=measured)
+    other = truth.copy()
+    other[..., np.setdiff1d(np.arange(n), measured)] = np.nan  # never read
+    again = sl.uq.fit_spread_scale(other, ens, groups=groups, observed=measured)
+    np.testing.assert_array_equal(scale.component, again.component)
+    np.testing.assert_array_equal(scale.lead, again.lead)
+    ratio = scale.component[groups == 1].mean() / scale.component[groups == 0].mean()
+    assert 7.0 < ratio < 11.5, ratio  # truly 9, from three measured components
+    fresh_truth, fresh = windows(np.random.default_rng(10), 100)
+    out = np.asarray(scale.apply(fresh).samples)
+    for part in (groups == 0, groups == 1):
+        ss = sl.metrics.spread_skill(fresh_truth[:, 5:, part],
+                                     EnsemblePrediction(out[:, :, 5:, part]))  # fmt: skip
+        assert 0.75 < ss < 1.33, ss
+    with pytest.raises(ValueError, match="observed must index"):
+        sl.uq.fit_spread_scale(truth, ens, observed=[n])
+
+
 def test_spread_scale_matches_spread_to_skill_on_its_windows():
     """On the windows it is fitted to, the recalibrated forecast has spread–skill 1 at every
     lead time, whatever the floor's weight came out as (an ensemble whose spread is half

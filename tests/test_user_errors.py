@@ -289,3 +289,12 @@ def test_second_derivatives_need_direct_adjoint():
     )
     np.testing.assert_allclose(hess.matrix, fd, rtol=1e-6, atol=1e-10)
     assert np.abs(hess.matrix).min() > 1e-4  # not vacuous: every entry is non-zero
+
+
+def test_a_horizon_schedule_longer_than_the_data_is_named(data):
+    """The longest window of a schedule (not its first, nor `horizon`) must fit the data:
+    9 states of a trajectory hold windows of at most 8 steps."""
+    tc = CFG.replace(horizon=2, horizon_schedule=(2, 4, 12))
+    assert tc.longest_horizon == 12
+    with pytest.raises(ValueError, match="have 9 states but the horizon needs 13"):
+        sl.fit(_step(_pendulum()), data, tc, progress=False)

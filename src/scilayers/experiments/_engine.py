@@ -197,7 +197,7 @@ def _train_on(res, tc, kind: str, train, kw: dict, rounds: int):
     if strategy is None:  # a hybrid: staged goes on as its fine-tune stage did
         staged_tail = "joint" if tc.stage_fractions[2] > 0 else "fixed"
         strategy = staged_tail if tc.strategy == "staged" else tc.strategy
-    horizon = tc.horizon_schedule[-1] if tc.horizon_schedule else tc.horizon
+    horizon = tc.longest_horizon
     more = tc.replace(
         strategy=strategy, steps=max(tc.val_every * 2, tc.steps // 4), schedule="constant",
         lr_theta=tc.lr_theta * factor, lr_net=tc.lr_net * factor, patience=None,

@@ -165,7 +165,10 @@ class Problem:
     time-dependent model; ``info`` holds whatever else the study's hooks need.
     ``observed`` (optional) are the measured components (flat indices into a state): every
     trained method then fits only those (`TrainConfig.observed`), starting from full
-    states; evaluation still scores whole states."""
+    states; evaluation still scores whole states. ``calib`` and ``calib_t0`` (optional) are
+    the held-out windows on which ``--uq`` calibrates its error model and spread (default:
+    the validation trajectories); a study whose validation windows are shorter than its
+    main lead time supplies windows that reach it, from the same held-out period."""
 
     train: np.ndarray
     val: np.ndarray
@@ -174,10 +177,21 @@ class Problem:
     train_t0: np.ndarray | None = None
     val_t0: np.ndarray | None = None
     observed: tuple[int, ...] | None = None
+    calib: np.ndarray | None = None
+    calib_t0: np.ndarray | None = None
 
     def __post_init__(self):
         if next(iter(self.eval_sets), None) != "id":
             raise ValueError("the first evaluation set must be the in-domain one, named 'id'.")
+        if self.calib_t0 is not None and self.calib is None:
+            raise ValueError("calib_t0 without calib: pass the calibration windows as well.")
+
+    @property
+    def calibration(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """The windows (and their start times) that ``--uq`` calibrates on."""
+        if self.calib is None:
+            return self.val, self.val_t0
+        return self.calib, self.calib_t0
 
 
 class AbstractStudy(abc.ABC):
@@ -242,6 +256,13 @@ class AbstractStudy(abc.ABC):
     def projections(self) -> dict[str, Any]:
         """Symmetry projections this study offers for its closure, by name."""
         return {}
+
+    def quantities(self) -> np.ndarray | None:
+        """Where the state mixes quantities (pressures and flows, say): an integer label
+        per state component, state-shaped, naming the quantity it is; ``--uq`` then
+        recalibrates each quantity's spread on its own (`scilayers.uq.fit_spread_scale`'s
+        ``groups``). ``None`` (default): one quantity."""
+        return None
 
     def pinn_model(self, eval_set: EvalSet):
         """The model whose pointwise residual the PINN uses (θ_s at the prior), or

@@ -8,13 +8,14 @@
     own network initialisation, its own θ_s start (jittered around the prior) and its own
     data order, with the method's training config and budget (no validation or early
     stopping). Model error correlated in time is an AR(1) process per state component,
-    fitted to the members' one-step residuals on half of the validation trajectories
-    (``|φ|`` clipped to 0.98; `scilayers.uq.fit_ar1`), its σ
-    scaled so that the spread–skill ratio at the main lead time is 1 on the other half
-    (variance inflation tuned on held-out data); its mean is not used (a bias of the
-    validation residuals did not carry to the test periods); every member is rolled out
-    ``cfg.uq_samples`` times with it
-    (`scilayers.uq.ensemble_forecast`). Then the spread is recalibrated per lead time on
+    fitted to the members' one-step residuals on half of the held-out calibration windows
+    (`Problem.calibration`: the validation trajectories, or longer windows of the same
+    held-out period where those are shorter than the main lead; ``|φ|`` clipped to 0.98;
+    `scilayers.uq.fit_ar1`), its σ scaled so that the spread–skill ratio at the main lead
+    time is 1 on the other half (variance inflation tuned on held-out data); its mean is
+    not used (a bias of the validation residuals did not carry to the test periods); every
+    member is rolled out ``cfg.uq_samples`` times with it (`scilayers.uq.ensemble_forecast`).
+    Then the spread is recalibrated per lead time on
     the same held-out windows (`scilayers.uq.fit_spread_scale`, EMOS: a factor for
     spread–skill 1, a floor of the component's typical spread for nominal 90 % coverage,
     and per-component factors where the state mixes quantities), both recorded as
@@ -103,9 +104,10 @@ def _members(study: AbstractStudy, problem: Problem, method: str, seed: int):
 
 
 def _split(problem: Problem) -> tuple[np.ndarray, np.ndarray]:
-    """The validation trajectories split in two: the even-numbered ones fit the model error,
+    """The calibration windows (`Problem.calibration`: the validation trajectories unless
+    the study gives longer ones) split in two: the even-numbered ones fit the model error,
     the odd-numbered ones calibrate it (all of them for both when there is only one)."""
-    n = int(np.shape(problem.val)[0])
+    n = int(np.shape(problem.calibration[0])[0])
     idx = np.arange(n)
     return (idx, idx) if n < 2 else (idx[0::2], idx[1::2])
 
@@ -114,17 +116,28 @@ class _ErrorModel:
     """AR(1) model error from one-step residuals on validation data: one process per state
     component, and one pooled over components for a set on another grid. It is fitted on
     half of the validation trajectories and calibrated on the other half, so the spread it
-    adds is scored out of sample before any test set."""
+    adds is scored out of sample before any test set.
 
-    def __init__(self, models: list, problem: Problem):
+    Where the study measures only some components (`Problem.observed`), only their truth
+    is used: the AR(1) of an unmeasured component is the one pooled over the measured
+    components of its quantity (`AbstractStudy.quantities`; of all measured ones without
+    labels), and the spread factors are fitted on the measured ones."""
+
+    def __init__(self, models: list, problem: Problem, groups: np.ndarray | None = None):
         fit_on, self.calibrate_on = _split(problem)
-        val = jnp.asarray(np.asarray(problem.val)[fit_on])
-        t0 = None if problem.val_t0 is None else jnp.asarray(np.asarray(problem.val_t0)[fit_on])
+        self.groups = groups
+        self.observed = problem.observed
+        windows, starts = problem.calibration
+        val = jnp.asarray(np.asarray(windows)[fit_on])
+        t0 = None if starts is None else jnp.asarray(np.asarray(starts)[fit_on])
         res = np.concatenate(
             [np.asarray(one_step_residuals(m, val, t0 if takes_time(m) else None)) for m in models]
         )
-        self.per_component = fit_ar1(res, per_component=True, max_phi=0.98)
-        self.pooled = fit_ar1(res, max_phi=0.98)
+        if self.observed is None:
+            self.per_component = fit_ar1(res, per_component=True, max_phi=0.98)
+            self.pooled = fit_ar1(res, max_phi=0.98)
+        else:
+            self.per_component, self.pooled = _measured_ar1(res, self.observed, groups)
         self.inflation = 1.0
         self.scale = None
 
@@ -138,8 +151,8 @@ class _ErrorModel:
         return AR1(base.phi, self.inflation * base.sigma, np.zeros_like(base.mean))
 
     def calibrate(self, models: list, problem: Problem, lead: int, dt: float, key) -> dict:
-        """Calibrate on the validation trajectories (held-out data, never the test sets), in
-        two stages:
+        """Calibrate on the calibration windows (held-out data, never the test sets), in two
+        stages:
 
         1. scale σ so that the spread–skill ratio at ``lead`` is 1 (variance inflation of
            the model error: ``c² = (skill² − spread_members²) / spread_noise²``, clipped to
@@ -148,21 +161,31 @@ class _ErrorModel:
         2. `scilayers.uq.fit_spread_scale` (EMOS): per lead time a factor on the spread
            (spread–skill 1) and the weight of a floor of the component's typical spread
            (90 % coverage nearest nominal), and per state component a factor (shrunk by
-           empirical Bayes); applied to every forecast by `recalibrate`."""
-        val = np.asarray(problem.val)[self.calibrate_on]
+           empirical Bayes, towards their quantity's factor where the study labels
+           them; fitted on the measured components only); applied to every forecast by
+           `recalibrate`.
+
+        Windows start every ``lead // 2`` steps of each trajectory, or at every step where
+        that would give fewer than 4 windows per trajectory (short trajectories, e.g. one
+        cardiac cycle: every phase then appears)."""
+        windows_all, starts_all = problem.calibration
+        val = np.asarray(windows_all)[self.calibrate_on]
         lead = int(min(lead, val.shape[1] - 1))
-        starts = list(range(0, val.shape[1] - lead, max(1, lead // 2)))
+        room, step = val.shape[1] - lead, max(1, lead // 2)
+        starts = list(range(0, room, step if room > 3 * step else 1))
         u0 = jnp.asarray(np.concatenate([val[:, s] for s in starts]))
         windows = np.concatenate([val[:, s : s + lead + 1] for s in starts]).astype(np.float64)
         truth = windows[:, -1]
         t0 = None
-        if problem.val_t0 is not None and takes_time(models[0]):
-            vt0 = np.asarray(problem.val_t0)[self.calibrate_on]
+        if starts_all is not None and takes_time(models[0]):
+            vt0 = np.asarray(starts_all)[self.calibrate_on]
             t0 = jnp.asarray(np.concatenate([vt0 + s * dt for s in starts]))
         stacked = stack_members(models)
         shape = tuple(val.shape[2:])
         kb, kn = jax.random.split(key)
         bare = np.asarray(ensemble_forecast(stacked, u0, lead, kb, t0=t0).samples)[:, 0, :, -1]
+        nd, obs = val.ndim - 2, self.observed
+        bare, truth = _measured(bare, nd, obs), _measured(truth, nd, obs)
         skill2 = float(np.mean((bare.mean(0) - truth) ** 2))
         members2 = float(np.mean(bare.var(0)))
 
@@ -171,13 +194,15 @@ class _ErrorModel:
             s = np.asarray(fc.samples)  # (members, samples, batch, time, *state)
             return s.reshape(-1, *s.shape[2:])
 
-        noisy = noisy_forecast()[:, :, -1]
+        noisy = _measured(noisy_forecast()[:, :, -1], nd, obs)
         noise2 = max(float(np.mean(noisy.var(0))) - members2, 1e-30)
         c2 = float(np.clip((skill2 - members2) / noise2, 1 / 256, 256))
         self.inflation = float(np.sqrt(c2))
         self.scale = scale = fit_spread_scale(windows, EnsemblePrediction(noisy_forecast()),
-                                              independent=val.shape[0])  # fmt: skip
+                                              independent=val.shape[0], groups=self.groups,
+                                              observed=self.observed)  # fmt: skip
         return {"inflation": self.inflation, "lead": lead, "windows": int(u0.shape[0]),
+                "measured_components": None if obs is None else len(obs),
                 "skill": skill2**0.5, "members_spread": members2**0.5,
                 "noise_spread": noise2**0.5,
                 "spread_scale_by_lead": [float(v) for v in scale.lead],
@@ -195,6 +220,34 @@ class _ErrorModel:
     @property
     def sigma(self):
         return self.inflation * self.per_component.sigma
+
+
+def _measured(x: np.ndarray, state_ndim: int, observed) -> np.ndarray:
+    """The measured components of ``x`` (``(..., *state)``), flat: ``(..., len(observed))``;
+    ``x`` itself where every component is measured."""
+    if observed is None:
+        return x
+    return x.reshape(*x.shape[: x.ndim - state_ndim], -1)[..., np.asarray(observed)]
+
+
+def _measured_ar1(res: np.ndarray, observed, groups) -> tuple[AR1, AR1]:
+    """AR(1) processes from the residuals of the measured components only: their own for
+    those, the one pooled over the measured components of the same quantity (of all
+    measured ones where none of it is measured) for the others; and the pooled one."""
+    obs = np.asarray(observed)
+    r = res.reshape(res.shape[0], res.shape[1], -1)
+    own = fit_ar1(r[..., obs], per_component=True, max_phi=0.98)
+    pooled = fit_ar1(r[..., obs], max_phi=0.98)
+    n = r.shape[-1]
+    phi, sigma = np.full(n, pooled.phi), np.full(n, pooled.sigma)
+    if groups is not None:
+        labels = np.asarray(groups).reshape(-1)
+        for g in np.unique(labels[obs]):
+            part = fit_ar1(r[..., obs[labels[obs] == g]], max_phi=0.98)
+            phi[labels == g], sigma[labels == g] = part.phi, part.sigma
+    phi[obs], sigma[obs] = np.asarray(own.phi), np.asarray(own.sigma)
+    shape = res.shape[2:]
+    return AR1(phi.reshape(shape), sigma.reshape(shape), np.zeros(shape)), pooled
 
 
 def _forecasts(study: AbstractStudy, problem: Problem, models: list, error, seed: int):
@@ -249,7 +302,7 @@ def _ensemble(study: AbstractStudy, problem: Problem, method: str, seed: int, pr
               if not bool(res.diverged[i])]  # fmt: skip
     if not models:
         raise ValueError(f"every {method} ensemble member diverged; see the training notes.")
-    error = _ErrorModel(models, problem)
+    error = _ErrorModel(models, problem, study.quantities())
     inflation = error.calibrate(models, problem, cfg.main_horizon, cfg.dt, _key("val", seed))
     t = time.perf_counter()
     sets, shown = _forecasts(study, problem, models, error, seed)
@@ -285,7 +338,7 @@ def _bayes(study: AbstractStudy, problem: Problem, seed: int, out: Path, progres
     # the finished run, restored from its last checkpoint (trained now if there is none)
     model = _train(study, problem, "hybrid_joint", runs["hybrid_joint"], seed, ckpt,
                    resume=True, progress=progress).model  # fmt: skip
-    error = _ErrorModel([model], problem)
+    error = _ErrorModel([model], problem, study.quantities())
     b = min(cfg.bayes_trajectories, problem.train.shape[0])
     data = problem.train[:b]
     t0 = None if problem.train_t0 is None or not takes_time(model) else problem.train_t0[:b]

@@ -631,7 +631,7 @@ class ERA5Study(AbstractStudy):
         ch = c.chunk_hours
         train_starts = np.arange(0, c.train_end, ch)
         train = np.stack([fields[s : s + ch + 1] for s in train_starts])
-        length = max((c.train.horizon, *c.train.horizon_schedule)) + 1
+        length = c.train.longest_horizon + 1
         val_starts = np.arange(c.train_end + 1, c.test_start - length + 1, c.val_every)
         if val_starts.size == 0:
             raise ValueError(
@@ -639,6 +639,13 @@ class ERA5Study(AbstractStudy):
                 f"{c.train_end} and test_start={c.test_start}."
             )
         val = np.stack([fields[s : s + length] for s in val_starts])
+        # --uq calibrates at the main lead: windows of the same held-out hours that reach it
+        # (training validates on the shorter `length`, as it trains)
+        reach = c.main_horizon + 1
+        calib_starts = np.arange(c.train_end + 1, c.test_start - reach + 1, c.val_every)
+        # (fewer than two such windows: calibrate on the validation windows, at their lead)
+        calib = (np.stack([fields[s : s + reach] for s in calib_starts])
+                 if calib_starts.size >= 2 else None)  # fmt: skip
         n = c.context_steps + c.corr_steps
         test_starts = np.arange(c.test_start, hours.size - n + 1, c.test_every)
         test = np.stack([fields[s : s + n] for s in test_starts])
@@ -657,8 +664,10 @@ class ERA5Study(AbstractStudy):
             "val_starts": val_starts,
             "test_starts": test_starts,
         }
+        calib_t0 = None if calib is None else hours[calib_starts]
         self._problem = Problem(train, val, sets, info, train_t0=hours[train_starts],
-                                val_t0=hours[val_starts])  # fmt: skip
+                                val_t0=hours[val_starts], calib=calib,
+                                calib_t0=calib_t0)  # fmt: skip
         return self._problem
 
     def truth_model(self, eval_set: EvalSet | None = None):
@@ -1170,6 +1179,8 @@ class ERA5Study(AbstractStudy):
         c = self.cfg
         d = self.load()
         info = problem.info
+        calib, _ = problem.calibration
+        calib = f"{calib.shape[0]} windows of {calib.shape[1] - 1} h"
         ny, nx = d["fields"].shape[1:]
         step = abs(float(d["lat"][1] - d["lat"][0]))
         phys = self.physics()
@@ -1180,7 +1191,8 @@ class ERA5Study(AbstractStudy):
             "Contains modified Copernicus Climate Change Service information.",
             f"Splits by time, no overlap: training hours {info['train_hours'][0]}–"
             f"{info['train_hours'][1]} ({len(info['train_starts'])} daily trajectories), "
-            f"validation windows within hours {info['val_hours'][0]}–{info['val_hours'][1]}, "
+            f"validation windows within hours {info['val_hours'][0]}–{info['val_hours'][1]} "
+            f"(--uq calibrates on {calib} there), "
             f"test hours {info['test_hours'][0]}–{info['test_hours'][1]} "
             f"({len(info['test_starts'])} forecast starts every {c.test_every} h, "
             f"{c.corr_steps} h each). Nothing is tuned on the test period; the diurnal "

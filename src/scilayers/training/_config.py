@@ -85,6 +85,12 @@ class TrainConfig:
     seed: int = 0
     observed: tuple[int, ...] | None = None
 
+    @property
+    def longest_horizon(self) -> int:
+        """The longest window training unrolls: the largest of `horizon_schedule`, else
+        `horizon` (trajectories must hold ``longest_horizon + 1`` states)."""
+        return int(max(self.horizon_schedule or (self.horizon,)))
+
     def __post_init__(self):
         if self.strategy not in STRATEGIES:
             raise ValueError(f"unknown strategy {self.strategy!r}; choose one of {STRATEGIES}.")

@@ -1034,7 +1034,7 @@ def fit(
     config = TrainConfig() if config is None else config
     data = _check_data(data, model, "data")
     val_arr = None if val is None else _check_data(val, model, "val")
-    max_h = max(config.horizon_schedule or (config.horizon,))
+    max_h = config.longest_horizon
     if data.shape[1] < max_h + 1:
         raise ValueError(
             f"trajectories have {data.shape[1]} states but the horizon needs {max_h + 1}; "

@@ -165,7 +165,7 @@ def train_ensemble(
     config = TrainConfig() if config is None else config
     m = count_members(members)
     data = _check_data(data, members)
-    max_h = max(config.horizon_schedule or (config.horizon,))
+    max_h = config.longest_horizon
     if data.shape[1] < max_h + 1:
         raise ValueError(
             f"trajectories have {data.shape[1]} states but the horizon needs {max_h + 1}; "

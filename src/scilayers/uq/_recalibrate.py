@@ -83,21 +83,40 @@ class SpreadScale(NamedTuple):
         return EnsemblePrediction(out.astype(np.asarray(pred.samples).dtype))
 
 
-def _component_factors(miss, var, lead_q, independent: int) -> np.ndarray:
+def _trigamma(x: float) -> float:
+    """ψ'(x), the variance of ``log Gamma(x, 1)``: by the recurrence ψ'(x) = ψ'(x + 1) +
+    1/x² up to x ≥ 6, then the asymptotic series (error below 1e-8)."""
+    out = 0.0
+    while x < 6.0:
+        out += 1.0 / (x * x)
+        x += 1.0
+    inv = 1.0 / x
+    inv2 = inv * inv
+    return out + inv + inv2 / 2 + inv * inv2 * (1 / 6 - inv2 * (1 / 30 - inv2 / 42))
+
+
+def _component_factors(miss, var, lead_q, independent: int, groups=None) -> np.ndarray:
     """Per-component factors from the ratios of squared error to predictive variance
     (pooled over windows and lead times after the per-lead level ``lead_q``), shrunk towards
     their mean on the log scale by empirical Bayes: the sampling variance of a log ratio
-    is ``2/n``, the spread of the true log ratios is what the observed spread exceeds it by.
+    of ``n`` squared Gaussian errors is ψ'(n/2) (``≈ 2/n`` for large ``n``; 4.93 for one),
+    the spread of the true log ratios is what the observed spread exceeds it by.
     ``n`` counts the independent errors behind one ratio: ``independent`` windows times the
     ``L`` lead times, discounted for the lag-1 correlation ρ of the standardised errors
-    along the lead time, ``n = independent · L (1 − ρ)/(1 + ρ)`` (at least ``independent``)."""
+    along the lead time, ``n = independent · L (1 − ρ)/(1 + ρ)`` (at least ``independent``).
+    With ``groups`` (an integer label per component: the quantity it is), each component is
+    shrunk towards its group's mean instead, and the groups keep their own levels (each
+    pooled over all its components, not shrunk).
+
+    Returns the factors and ``{group: factor}``, the factor of a component of that group
+    not among these (unmeasured; ``None``: the mean level, factor 1)."""
     leads = var.shape[1]
     err2 = miss**2
     scaled = var * lead_q.reshape(1, -1, *(1,) * (var.ndim - 2))
     num, den = err2.sum(axis=(0, 1)), scaled.sum(axis=(0, 1))
     ok = (num > 0) & (den > 0)
     if ok.sum() < 2:
-        return np.ones(err2.shape[2:])
+        return np.ones(err2.shape[2:]), {}
     z = np.where(scaled > 0, miss / np.sqrt(np.where(scaled > 0, scaled, 1.0)), 0.0)
     rho = float(np.sum(z[:, 1:] * z[:, :-1]) / max(np.sum(z[:, :-1] ** 2), 1e-300))
     rho = min(max(rho, 0.0), 1.0)
@@ -106,10 +125,19 @@ def _component_factors(miss, var, lead_q, independent: int) -> np.ndarray:
     x = np.zeros_like(num)
     x[ok] = np.log(num[ok] / den[ok])
     centre = x[ok].mean()
-    noise = 2.0 / n
-    signal = max(float(x[ok].var()) - noise, 0.0)
+    level = np.full_like(x, centre)  # what each component is shrunk towards
+    by_group = {}
+    if groups is not None:
+        for g in np.unique(groups):
+            members = (groups == g) & ok
+            if members.any():
+                level[groups == g] = np.log(num[members].sum() / den[members].sum())
+                by_group[g.item()] = float(np.exp(0.5 * (level[members][0] - centre)))
+    noise = _trigamma(n / 2)
+    signal = max(float(np.mean((x[ok] - level[ok]) ** 2)) - noise, 0.0)
     weight = signal / (signal + noise)
-    return np.where(ok, np.exp(0.5 * weight * (x - centre)), 1.0)
+    factors = np.where(ok, np.exp(0.5 * (level - centre) + 0.5 * weight * (x - level)), 1.0)
+    return factors, by_group
 
 
 def fit_spread_scale(
@@ -120,6 +148,8 @@ def fit_spread_scale(
     floor: bool = True,
     level: float = 0.9,
     independent: int | None = None,
+    groups: ArrayLike | None = None,
+    observed: ArrayLike | None = None,
     bounds: tuple[float, float] = (1 / 16, 16),
 ) -> SpreadScale:
     """Fit a `SpreadScale` on validation forecasts, so that on them the forecast has the
@@ -153,6 +183,14 @@ def fit_spread_scale(
     - `independent`: how many of the windows are independent, for the component factors'
       shrinkage (default: all of them; pass the number of trajectories when several
       windows are cut from each).
+    - `groups`: an integer label per state component, ``state``-shaped, naming the
+      quantity it is (e.g. 0 for pressures, 1 for flows): each group keeps its own factor,
+      fitted on all its components, and components are shrunk towards their group's
+      (default: one group).
+    - `observed`: flat indices of the components whose truth is measured (default: all).
+      Only those are compared with the truth; an unmeasured component gets its group's
+      factor (1 without `groups`) and the floor of its own typical spread, which needs no
+      truth.
     - `bounds`: the range of each factor (default ``1/16 … 16``).
 
     **Returns:** a `SpreadScale`.
@@ -167,32 +205,55 @@ def fit_spread_scale(
     if x.shape[0] < 2:
         raise ValueError(f"fit_spread_scale needs at least 2 members, got {x.shape[0]}.")
     mean, var = (np.asarray(v, np.float64) for v in moments(EnsemblePrediction(x)))
-    err2 = (mean - y) ** 2
-    time = y.shape[1]
-    state = y.shape[2:]
-    comp = np.ones(state)
-    if per_component and int(np.prod(state)) > 1 and time > 1:
+    batch, time, state = y.shape[0], y.shape[1], y.shape[2:]
+    size = int(np.prod(state))
+    # components flat; the truth is read only where it was measured
+    y, mean, var = (a.reshape(batch, time, size) for a in (y, mean, var))
+    obs = np.arange(size) if observed is None else np.asarray(observed, dtype=int).reshape(-1)
+    if obs.size == 0 or obs.min() < 0 or obs.max() >= size:
+        raise ValueError(
+            f"fit_spread_scale: observed must index the {size} state components, got "
+            f"{observed!r}."
+        )
+    if groups is not None:
+        groups = np.asarray(groups)
+        if groups.shape != tuple(state):
+            raise ValueError(
+                f"fit_spread_scale: groups of shape {groups.shape} must label every state "
+                f"component, shape {tuple(state)}."
+            )
+        groups = groups.reshape(size)
+    miss = y[:, :, obs] - mean[:, :, obs]
+    comp = np.ones(size)
+    if per_component and size > 1 and time > 1:
         lead_q = np.ones(time)
         for k in range(1, time):
-            v = var[:, k].sum()
-            lead_q[k] = err2[:, k].sum() / v if v > 0 else 1.0
-        b = y.shape[0] if independent is None else independent
-        comp = _component_factors(mean[:, 1:] - y[:, 1:], var[:, 1:], lead_q[1:], b)
+            v = var[:, k, obs].sum()
+            lead_q[k] = (miss[:, k] ** 2).sum() / v if v > 0 else 1.0
+        b = batch if independent is None else independent
+        labels = None if groups is None else groups[obs]
+        comp[obs], by_group = _component_factors(miss[:, 1:], var[:, 1:, obs], lead_q[1:], b,
+                                                 labels)  # fmt: skip
+        if obs.size < size:  # unmeasured components: their quantity's factor
+            rest = np.setdiff1d(np.arange(size), obs)
+            comp[rest] = [1.0 if groups is None else by_group.get(groups[j].item(), 1.0)
+                          for j in rest]  # fmt: skip
     var = var * comp**2
-    typical = np.sqrt(var.mean(axis=0))  # S̄ per lead and component, (time, *state)
+    typical = np.sqrt(var.mean(axis=0))  # S̄ per lead and component, (time, components)
     lead, mix = np.ones(time), np.zeros(time)
     lo, hi = bounds
     for k in range(1, time):
-        if not np.any(var[:, k]):
+        if not np.any(var[:, k, obs]):
             continue  # no spread to scale (e.g. the members agree exactly)
-        miss = y[:, k] - mean[:, k]
+        m = miss[:, k]
         best = None
         for r in _MIX if floor else _MIX[:1]:
-            base = (1 - r) * var[:, k] + r * typical[k] ** 2
-            c = float(np.clip(np.sqrt(np.mean(miss**2) / np.mean(base)), lo, hi))
-            cover = picp(miss, GaussianPrediction(np.zeros_like(miss), c * np.sqrt(base)), level)
+            base = (1 - r) * var[:, k, obs] + r * typical[k, obs] ** 2
+            c = float(np.clip(np.sqrt(np.mean(m**2) / np.mean(base)), lo, hi))
+            cover = picp(m, GaussianPrediction(np.zeros_like(m), c * np.sqrt(base)), level)
             gap = abs(cover - level)
             if best is None or gap < best[0] - 1e-12:  # ties: the least floor
                 best = (gap, c, r)
         lead[k], mix[k] = best[1], best[2]
+    typical, comp = typical.reshape(time, *state), comp.reshape(state)
     return SpreadScale(lead, mix, typical, comp)
