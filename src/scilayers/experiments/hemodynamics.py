@@ -600,6 +600,12 @@ class HemodynamicsStudy(AbstractStudy):
         n = self.cfg.n_cells * len(self.case().vessels)
         return np.repeat([0, 1, 2], [n, n, len(self.case().outlets)])
 
+    def quantities(self) -> np.ndarray:
+        """The state's quantities for ``--uq``: cells' pressure 0, cells' flow 1, the
+        Windkessel capacitor pressures 2 (each has its own error scale)."""
+        n = self.cfg.n_cells * len(self.case().vessels)
+        return np.repeat([0, 1, 2], [n, n, len(self.case().outlets)])
+
     def _label(self, name: str) -> str:
         ctx = self._context(name)
         if name == "id":
