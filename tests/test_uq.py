@@ -692,3 +692,34 @@ def test_spread_scale_says_what_shape_it_needs():
         sl.uq.fit_spread_scale(truth[:, :3], ens)
     with pytest.raises(ValueError, match="at least 2 members"):
         sl.uq.fit_spread_scale(truth, EnsemblePrediction(np.asarray(ens.samples)[:1]))
+
+
+def test_rolling_recalibration_uses_only_forecasts_verified_before_issue():
+    """Forecasts issued every hour and verified 4 h later: forecast i is recalibrated on
+    those issued at least 4 h before it (none of its own or later truths), from the 6th
+    verified one on; an ensemble three times too narrow is calibrated after that."""
+    from scilayers.experiments._uq import _ErrorModel
+
+    rng = np.random.default_rng(11)
+    b, ramp = 60, np.linspace(0, 1, 5)[:, None]
+    centre = rng.normal(size=(b, 5, 20))
+    truth = centre + rng.normal(size=centre.shape) * 3 * ramp
+    z = rng.normal(size=(16, *centre.shape))
+    pred = EnsemblePrediction(centre[None] + (z - z.mean(0)) * ramp)
+    error = object.__new__(_ErrorModel)
+    error.scale, error.groups, error.observed = None, None, None
+    t0 = np.arange(b, dtype=float)
+    out, refits = error.recalibrate_rolling(pred, truth, t0, span=4.0, minimum=6)
+    assert refits == b - 4 - 5  # forecast i has i - 3 verified ones
+    np.testing.assert_array_equal(out.samples[:, :9], np.asarray(pred.samples)[:, :9])
+    later = truth.copy()
+    later[30:] += 100.0  # truths from forecast 30 on: unseen by forecasts up to 33
+    again, _ = error.recalibrate_rolling(pred, later, t0, span=4.0, minimum=6)
+    np.testing.assert_array_equal(again.samples[:, :34], out.samples[:, :34])
+    assert not np.array_equal(again.samples[:, 34], out.samples[:, 34])
+    tail = np.asarray(out.samples)[:, 20:, 1:]
+    ss = sl.metrics.spread_skill(truth[20:, 1:], EnsemblePrediction(tail))
+    raw = sl.metrics.spread_skill(
+        truth[20:, 1:], EnsemblePrediction(np.asarray(pred.samples)[:, 20:, 1:])
+    )
+    assert raw < 0.4 and 0.85 < ss < 1.15, (raw, ss)

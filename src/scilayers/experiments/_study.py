@@ -63,6 +63,10 @@ class StudyConfig:
       ``hybrid_joint`` on `bayes_trajectories` training trajectories cut into windows of
       `bayes_horizon` steps (`bayes_chains` chains, `bayes_warmup` + `bayes_samples`
       draws), then `uq_members` posterior draws as the predictive ensemble.
+      `uq_rolling` (forecasts issued in time, `EvalSet.t0`): each forecast's spread is
+      recalibrated on the forecasts of its set already verified when it is issued, once
+      there are `uq_rolling` of them (the validation windows' calibration before that; 0:
+      off) — a rolling EMOS, as weather centres fit theirs.
     """
 
     preset: str = "quick"
@@ -98,6 +102,7 @@ class StudyConfig:
     uq_samples: int = 8
     uq_trajectories: int = 32
     uq_jitter: float = 0.2
+    uq_rolling: int = 0
     bayes_trajectories: int = 4
     bayes_horizon: int = 5
     bayes_chains: int = 2

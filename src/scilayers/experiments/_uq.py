@@ -140,6 +140,7 @@ class _ErrorModel:
             self.per_component, self.pooled = _measured_ar1(res, self.observed, groups)
         self.inflation = 1.0
         self.scale = None
+        self.rolling: dict[str, int] = {}  # forecasts refitted by set (`uq_rolling`)
 
     def on(self, shape: tuple[int, ...]):
         same = tuple(np.shape(self.per_component.phi)) == tuple(shape)
@@ -213,6 +214,34 @@ class _ErrorModel:
         """A forecast with the spread factors of `calibrate` applied (none before it)."""
         return pred if self.scale is None else self.scale.apply(pred)
 
+    def recalibrate_rolling(
+        self, pred: EnsemblePrediction, truth: np.ndarray, t0: np.ndarray, span: float,
+        minimum: int,
+    ) -> tuple[EnsemblePrediction, int]:  # fmt: skip
+        """A rolling recalibration of forecasts issued at times ``t0`` and verified
+        ``span`` later: forecast ``i`` gets the spread factors fitted on the forecasts
+        verified by ``t0[i]`` (``t0[j] + span <= t0[i]``) once there are ``minimum`` of
+        them, those of `calibrate` before — no forecast sees a truth after its issue time.
+        Returns the forecasts and how many were refitted."""
+        x = np.asarray(pred.samples)
+        out = np.array(self.recalibrate(pred).samples)
+        t0 = np.asarray(t0, np.float64)
+        gaps = np.diff(np.sort(t0))
+        spacing = float(np.median(gaps)) if gaps.size else span
+        refits = 0
+        for i in range(x.shape[1]):
+            seen = np.flatnonzero(t0 + span <= t0[i] + 1e-9)
+            if seen.size < minimum:
+                continue
+            independent = max(1, int(round(seen.size * min(1.0, spacing / span))))
+            scale = fit_spread_scale(truth[seen], EnsemblePrediction(x[:, seen]),
+                                     independent=independent, groups=self.groups,
+                                     observed=self.observed)  # fmt: skip
+            one = scale.apply(EnsemblePrediction(x[:, i : i + 1]), seed=i)
+            out[:, i] = np.asarray(one.samples)[:, 0]
+            refits += 1
+        return EnsemblePrediction(out), refits
+
     @property
     def phi(self):
         return self.per_component.phi
@@ -264,8 +293,14 @@ def _forecasts(study: AbstractStudy, problem: Problem, models: list, error, seed
         t0 = start_times(es, models[0], cfg.dt, b)
         fc = ensemble_forecast(stacked, u0, n, _key(f"forecast/{name}", seed), t0=t0,
                                samples=cfg.uq_samples, error=error.on(es.state_shape))  # fmt: skip
-        pred = error.recalibrate(fc.prediction())
         truth = es.data[:b, es.start : es.start + n + 1]
+        if cfg.uq_rolling and es.t0 is not None:  # issue times, whatever the model takes
+            issued = np.asarray(es.t0)[:b] + es.start * cfg.dt
+            pred, refits = error.recalibrate_rolling(fc.prediction(), truth, issued,
+                                                     n * cfg.dt, cfg.uq_rolling)  # fmt: skip
+            error.rolling[name] = refits
+        else:
+            pred = error.recalibrate(fc.prediction())
         sets[name] = (truth, pred)
         samples = np.asarray(pred.samples)[:, 0].reshape(pred.samples.shape[0], n + 1, -1)
         lo, hi = interval(EnsemblePrediction(samples[..., 0]), 0.9)
@@ -312,7 +347,8 @@ def _ensemble(study: AbstractStudy, problem: Problem, method: str, seed: int, pr
     block["forecast_seconds"] = time.perf_counter() - t
     block["members"] = len(models)
     block["diverged_members"] = int(np.sum(res.diverged))
-    block["error_model"] = dict(_ar1_summary(error), calibration=inflation)
+    block["error_model"] = dict(_ar1_summary(error), calibration=inflation,
+                                rolling_refits=error.rolling)  # fmt: skip
     block["notes"] = list(res.notes)
     return block, shown
 
@@ -366,7 +402,8 @@ def _bayes(study: AbstractStudy, problem: Problem, seed: int, out: Path, progres
     block["forecast_seconds"] = time.perf_counter() - t
     block["divergences"] = int(post.divergences)
     block["members"] = cfg.uq_members
-    block["error_model"] = dict(_ar1_summary(error), calibration=inflation)
+    block["error_model"] = dict(_ar1_summary(error), calibration=inflation,
+                                rolling_refits=error.rolling)  # fmt: skip
     block["posterior_samples"] = {k: post.samples[..., i].reshape(-1).tolist()
                                   for i, k in enumerate(post.names)}  # fmt: skip
     return block, shown
@@ -415,6 +452,7 @@ def run_uq(study: AbstractStudy, problem: Problem, seed: int, out: Path, kind: s
         "trajectories": cfg.uq_trajectories,
         "members": cfg.uq_members,
         "samples_per_member": cfg.uq_samples,
+        "rolling": cfg.uq_rolling,
         "methods": {},
     }
     arrays: dict[str, np.ndarray] = {}

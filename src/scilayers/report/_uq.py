@@ -59,6 +59,12 @@ def uq_section(results: Results) -> str:
         f"{uq.get('samples_per_member')} times with the same zero-mean AR(1) model error "
         "and spread recalibration"
     )
+    if uq.get("rolling"):
+        how += (
+            f"; then each test forecast's spread is refitted on the forecasts of its set "
+            f"already verified when it was issued, once there are {uq['rolling']} of them "
+            f"(a rolling EMOS; no truth after a forecast's issue time)"
+        )
     out = [
         f"Method: {how}. Scored on the first {uq.get('trajectories')} trajectories of each "
         f"set. PICP: fraction of the truth inside the central interval (nominal 0.50 / "
