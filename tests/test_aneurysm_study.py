@@ -162,6 +162,28 @@ def test_registered_and_presets_are_valid():
         TINY.replace(obs_phases=3)
 
 
+def test_observations_are_the_recorded_phases_the_training_cycle_sees():
+    """Observation ``k`` of ``obs_phases`` is taken at ``(k + 1)/obs_phases`` of the cycle
+    (where `train_lattice` compares it), i.e. recorded phase ``(k + 1)·every − 1``; with
+    ``obs_phases = record_phases`` (the quick preset's 16) every recorded phase is
+    observed. The noise has the stated standard deviation."""
+    assert PRESETS["quick"].obs_phases == PRESETS["quick"].record_phases == 16
+    P = TINY.record_phases
+    for phases in (P, P // 2):
+        cfg = TINY.replace(obs_phases=phases, noise=0.05)
+        study = AneurysmStudy(cfg)
+        lat = study.lattice(study.cases()[0])
+        vel = np.broadcast_to(np.arange(P, dtype=float)[:, None, None, None],
+                              (P, 2, *lat.shape)).copy()  # fmt: skip
+        noisy, clean, cells = study.observations({"vel": vel}, lat, 0)
+        every = P // phases
+        expect = (np.arange(phases) + 1) * every - 1
+        assert clean.shape == (phases, 2, len(cells))
+        np.testing.assert_array_equal(clean[:, 0, 0], expect)
+        sd = np.std(noisy - clean)
+        assert sd == pytest.approx(0.05 * study.speed_ref, rel=0.1)
+
+
 def test_lattice_step_with_a_force_field_equals_the_models_body_force():
     """`LatticeBoltzmann(..., force=)` (what the closure uses): a uniform field equal to a
     model's constant body force gives the same step, velocity and WSS as that model."""

@@ -58,7 +58,11 @@ class AneurysmConfig:
     **Truth**: `true_mu_0`, `true_mu_inf` (Pa s), `true_lam` (s), `true_n`.
 
     **Observations**: every `obs_stride`-th coarse cell in x and y, `obs_phases` phases
-    (dividing `record_phases`), noise std `noise` × the peak centreline inflow speed.
+    (dividing `record_phases`), noise std `noise` × the peak centreline inflow speed. The
+    default, 16 phases of a 0.8 s cycle (50 ms apart), is within what clinical 4-D flow MRI
+    reconstructs (about 15–25 phases per cycle, 30–50 ms temporal resolution). In the
+    quick study, hybrid_joint's sac TAWSS error over seeds 0, 1, 2 was 11.2, 9.4, 10.3 %
+    with 8 phases (100 ms) and 7.2, 10.3, 9.0 % with 16 (see the README).
 
     **Out of domain**: `ood` names the sets (``"sac"``: `ood_sac_radius`,
     `ood_neck_width`; ``"hr"``: `ood_period`).
@@ -105,7 +109,7 @@ class AneurysmConfig:
     true_lam: float = 2.2
     true_n: float = 0.42
     obs_stride: int = 2
-    obs_phases: int = 8
+    obs_phases: int = 16
     noise: float = 0.03
     ood: tuple[str, ...] = ("sac", "hr")
     ood_sac_radius: float = 3.6e-3
