@@ -23,6 +23,18 @@ the ensemble mean and the validation data, ``noise²`` the known MRI noise varia
 ``spread²`` the members' variance ``(1 + 1/M) s²``: the ensemble is then calibrated
 (spread/skill = 1) on the validation data. The same σ_m is used out of domain.
 
+Why not `scilayers.uq.fit_spread_scale` (the other studies' EMOS recalibration): it needs
+the truth of its validation windows, and here the validation truth is only measured
+through the MRI noise, seven times the model error. Its factors must then be fitted to the
+predictive of the noisy scan (members + σ_m + noise) and the noise variance taken off
+again. Per phase (524 values in the quick study), a factor on that predictive's spread
+has a sampling error of about 3 %, five times the model error's share of it (0.6 %), so
+the per-phase factors (0.94–1.07) are noise: in truth space they shrink some phases'
+intervals to nothing and widen others (ID PICP90 0.44, spread/skill 1.31, measured on the
+quick study's members); pooled over phases the factor is 1.00, σ_m again. A scan whose
+noise is small next to the model error (or many repeated scans) would be needed for more
+than σ_m.
+
 **Scores.** Velocity at the MRI observation points of each set, every recorded phase of the
 last cycle, against the noise-free truth (`scilayers.uq.uq_block`; the phase is the "time"
 axis, and since a periodic flow has no lead time ``at_lead`` holds the metrics pooled over
