@@ -304,3 +304,12 @@ def test_structured_hybrid_applies_the_wall_per_muscl_step(study, key):
     orth = Hybrid(step, strong, coupling="closure", identifiable="orthogonal")
     g = eqx.filter_jit(orth)(s, 0.2)
     assert np.all(np.isfinite(g))
+
+
+def test_presets_use_the_structured_closure_and_check_the_choice():
+    """Issue 9: the structured closure is the default of both presets (the whole-state MLP
+    stays available as closure="mlp"); an unknown closure is a clear error."""
+    for preset in ("quick", "full"):
+        assert PRESETS[preset].closure == "structured"
+    with pytest.raises(ValueError, match="choose one of"):
+        PRESETS["quick"].replace(closure="cnn")
