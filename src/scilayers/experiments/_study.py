@@ -173,7 +173,10 @@ class Problem:
     states; evaluation still scores whole states. ``calib`` and ``calib_t0`` (optional) are
     the held-out windows on which ``--uq`` calibrates its error model and spread (default:
     the validation trajectories); a study whose validation windows are shorter than its
-    main lead time supplies windows that reach it, from the same held-out period."""
+    main lead time supplies windows that reach it, from the same held-out period.
+    ``calib_noise`` (optional): the standard deviation of the measurement noise in those
+    windows (a number or one per state component), which the calibration takes off, since
+    forecasts are scored against the noise-free truth."""
 
     train: np.ndarray
     val: np.ndarray
@@ -184,6 +187,7 @@ class Problem:
     observed: tuple[int, ...] | None = None
     calib: np.ndarray | None = None
     calib_t0: np.ndarray | None = None
+    calib_noise: Any = None
 
     def __post_init__(self):
         if next(iter(self.eval_sets), None) != "id":

@@ -187,7 +187,11 @@ class _ErrorModel:
         bare = np.asarray(ensemble_forecast(stacked, u0, lead, kb, t0=t0).samples)[:, 0, :, -1]
         nd, obs = val.ndim - 2, self.observed
         bare, truth = _measured(bare, nd, obs), _measured(truth, nd, obs)
-        skill2 = float(np.mean((bare.mean(0) - truth) ** 2))
+        meas2 = 0.0  # the measurement noise variance in the windows, taken off the error
+        if problem.calib_noise is not None:
+            sd = np.broadcast_to(np.asarray(problem.calib_noise, np.float64), shape)
+            meas2 = float(np.mean(_measured(sd**2, nd, obs)))
+        skill2 = max(float(np.mean((bare.mean(0) - truth) ** 2)) - meas2, 1e-30)
         members2 = float(np.mean(bare.var(0)))
 
         def noisy_forecast():
@@ -201,7 +205,8 @@ class _ErrorModel:
         self.inflation = float(np.sqrt(c2))
         self.scale = scale = fit_spread_scale(windows, EnsemblePrediction(noisy_forecast()),
                                               independent=val.shape[0], groups=self.groups,
-                                              observed=self.observed)  # fmt: skip
+                                              observed=self.observed,
+                                              noise=problem.calib_noise)  # fmt: skip
         return {"inflation": self.inflation, "lead": lead, "windows": int(u0.shape[0]),
                 "measured_components": None if obs is None else len(obs),
                 "skill": skill2**0.5, "members_spread": members2**0.5,

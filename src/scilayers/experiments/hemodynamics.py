@@ -596,7 +596,8 @@ class HemodynamicsStudy(AbstractStudy):
             sets[name] = EvalSet(name, data, c.context_steps - 1, ctx, self._label(name),
                                  t0=np.asarray([tt[i] for i in starts]))  # fmt: skip
         return Problem(noisy(train), noisy(val), sets, train_t0=train_t0, val_t0=val_t0,
-                       info={"std": std}, observed=self.observed())  # fmt: skip
+                       info={"std": std}, observed=self.observed(),
+                       calib_noise=c.noise * std[0])  # fmt: skip
 
     def observed(self) -> tuple[int, ...] | None:
         """The clinical measurements (flat state indices): pressure at the inlet and at the

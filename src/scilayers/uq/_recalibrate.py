@@ -95,7 +95,7 @@ def _trigamma(x: float) -> float:
     return out + inv + inv2 / 2 + inv * inv2 * (1 / 6 - inv2 * (1 / 30 - inv2 / 42))
 
 
-def _component_factors(miss, var, lead_q, independent: int, groups=None) -> np.ndarray:
+def _component_factors(miss, var, lead_q, independent: int, groups=None, noise2=0.0):
     """Per-component factors from the ratios of squared error to predictive variance
     (pooled over windows and lead times after the per-lead level ``lead_q``), shrunk towards
     their mean on the log scale by empirical Bayes: the sampling variance of a log ratio
@@ -108,12 +108,16 @@ def _component_factors(miss, var, lead_q, independent: int, groups=None) -> np.n
     shrunk towards its group's mean instead, and the groups keep their own levels (each
     pooled over all its components, not shrunk).
 
+    ``noise2``: the measurement noise variance of each component, taken off its squared
+    errors.
+
     Returns the factors and ``{group: factor}``, the factor of a component of that group
     not among these (unmeasured; ``None``: the mean level, factor 1)."""
     leads = var.shape[1]
     err2 = miss**2
     scaled = var * lead_q.reshape(1, -1, *(1,) * (var.ndim - 2))
-    num, den = err2.sum(axis=(0, 1)), scaled.sum(axis=(0, 1))
+    num = np.maximum(err2.sum(axis=(0, 1)) - np.size(err2[..., 0]) * noise2, 0.0)
+    den = scaled.sum(axis=(0, 1))
     ok = (num > 0) & (den > 0)
     if ok.sum() < 2:
         return np.ones(err2.shape[2:]), {}
@@ -150,6 +154,7 @@ def fit_spread_scale(
     independent: int | None = None,
     groups: ArrayLike | None = None,
     observed: ArrayLike | None = None,
+    noise: ArrayLike | None = None,
     bounds: tuple[float, float] = (1 / 16, 16),
 ) -> SpreadScale:
     """Fit a `SpreadScale` on validation forecasts, so that on them the forecast has the
@@ -191,6 +196,11 @@ def fit_spread_scale(
       Only those are compared with the truth; an unmeasured component gets its group's
       factor (1 without `groups`) and the floor of its own typical spread, which needs no
       truth.
+    - `noise`: the standard deviation of the measurement noise in `truth` (a number, or
+      one per state component; default none). The forecast is of the noise-free state,
+      so it is fitted as the predictive distribution of a measurement (forecast plus
+      noise) and the noise taken off again: squared errors less ``noise²`` set the
+      factors, and the coverage is that of the forecast widened by the noise.
     - `bounds`: the range of each factor (default ``1/16 … 16``).
 
     **Returns:** a `SpreadScale`.
@@ -224,16 +234,19 @@ def fit_spread_scale(
             )
         groups = groups.reshape(size)
     miss = y[:, :, obs] - mean[:, :, obs]
+    sd = np.zeros(size) if noise is None else np.broadcast_to(
+        np.asarray(noise, np.float64).reshape(-1) if np.ndim(noise) else noise, (size,))
+    n2 = sd[obs] ** 2  # the noise variance of each measured component
     comp = np.ones(size)
     if per_component and size > 1 and time > 1:
         lead_q = np.ones(time)
         for k in range(1, time):
             v = var[:, k, obs].sum()
-            lead_q[k] = (miss[:, k] ** 2).sum() / v if v > 0 else 1.0
+            lead_q[k] = max((miss[:, k] ** 2 - n2).sum(), 0.0) / v if v > 0 else 1.0
         b = batch if independent is None else independent
         labels = None if groups is None else groups[obs]
         comp[obs], by_group = _component_factors(miss[:, 1:], var[:, 1:, obs], lead_q[1:], b,
-                                                 labels)  # fmt: skip
+                                                 labels, n2)  # fmt: skip
         if obs.size < size:  # unmeasured components: their quantity's factor
             rest = np.setdiff1d(np.arange(size), obs)
             comp[rest] = [1.0 if groups is None else by_group.get(groups[j].item(), 1.0)
@@ -249,8 +262,10 @@ def fit_spread_scale(
         best = None
         for r in _MIX if floor else _MIX[:1]:
             base = (1 - r) * var[:, k, obs] + r * typical[k, obs] ** 2
-            c = float(np.clip(np.sqrt(np.mean(m**2) / np.mean(base)), lo, hi))
-            cover = picp(m, GaussianPrediction(np.zeros_like(m), c * np.sqrt(base)), level)
+            skill2 = max(float(np.mean(m**2 - n2)), 1e-300)  # the noise-free error
+            c = float(np.clip(np.sqrt(skill2 / np.mean(base)), lo, hi))
+            scale = np.sqrt(c**2 * base + n2)  # a measurement's predictive spread
+            cover = picp(m, GaussianPrediction(np.zeros_like(m), scale), level)
             gap = abs(cover - level)
             if best is None or gap < best[0] - 1e-12:  # ties: the least floor
                 best = (gap, c, r)
