@@ -200,7 +200,7 @@ def test_training_windows_see_the_outflow_decay(preset):
     Windkessel's decay, and biased R2 by ~10 % for every θ_s-learning method; the presets
     train every method on windows of at least a quarter of the cardiac cycle."""
     cfg = PRESETS[preset]
-    h = max(cfg.train.horizon_schedule or (cfg.train.horizon,))
+    h = cfg.train.longest_horizon
     assert h >= cfg.samples_per_cycle / 4
 
 

@@ -634,7 +634,11 @@ class ERA5Study(AbstractStudy):
         fields, hours = d["fields"], d["hours"]
         ch = c.chunk_hours
         train_starts = np.arange(0, c.train_end, ch)
-        train = np.stack([fields[s : s + ch + 1] for s in train_starts])
+
+        def cut(starts, length):  # windows of `length` hourly fields from each start
+            return np.stack([fields[s : s + length] for s in starts])
+
+        train = cut(train_starts, ch + 1)
         length = c.train.longest_horizon + 1
         val_starts = np.arange(c.train_end + 1, c.test_start - length + 1, c.val_every)
         if val_starts.size == 0:
@@ -642,17 +646,16 @@ class ERA5Study(AbstractStudy):
                 f"no validation window of {length} hours fits between train_end="
                 f"{c.train_end} and test_start={c.test_start}."
             )
-        val = np.stack([fields[s : s + length] for s in val_starts])
+        val = cut(val_starts, length)
         # --uq calibrates at the main lead: windows of the same held-out hours that reach it
         # (training validates on the shorter `length`, as it trains)
         reach = c.main_horizon + 1
         calib_starts = np.arange(c.train_end + 1, c.test_start - reach + 1, c.val_every)
         # (fewer than two such windows: calibrate on the validation windows, at their lead)
-        calib = (np.stack([fields[s : s + reach] for s in calib_starts])
-                 if calib_starts.size >= 2 else None)  # fmt: skip
+        calib = cut(calib_starts, reach) if calib_starts.size >= 2 else None
         n = c.context_steps + c.corr_steps
         test_starts = np.arange(c.test_start, hours.size - n + 1, c.test_every)
-        test = np.stack([fields[s : s + n] for s in test_starts])
+        test = cut(test_starts, n)
         last = hours.size - 1
         ctx = {"lat": d["lat"], "lon": d["lon"], "starts": test_starts}
         label = (f"last {(last - c.test_start + 1) / 24:.0f} days (temporal shift): hours "

@@ -922,7 +922,7 @@ class HemodynamicsStudy(AbstractStudy):
         """Training windows against the outflow's time constant (the prior's R2·C)."""
         c = self.cfg
         o = self.case().outlets[0]
-        h = max(c.train.horizon_schedule or (c.train.horizon,))
+        h = c.train.longest_horizon
         return (
             f"Every method trains on windows of {h} observed steps ({h * c.dt:.2g} s, "
             f"{h / c.samples_per_cycle:.2g} of a cycle); the prior's outflow time constant "

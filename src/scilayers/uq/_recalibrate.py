@@ -234,9 +234,8 @@ def fit_spread_scale(
             )
         groups = groups.reshape(size)
     miss = y[:, :, obs] - mean[:, :, obs]
-    sd = np.zeros(size) if noise is None else np.broadcast_to(
-        np.asarray(noise, np.float64).reshape(-1) if np.ndim(noise) else noise, (size,))
-    n2 = sd[obs] ** 2  # the noise variance of each measured component
+    sd = np.broadcast_to(np.asarray(0.0 if noise is None else noise, np.float64), state)
+    n2 = sd.reshape(size)[obs] ** 2  # the noise variance of each measured component
     comp = np.ones(size)
     if per_component and size > 1 and time > 1:
         lead_q = np.ones(time)
