@@ -93,7 +93,11 @@ class HemoConfig(StudyConfig):
     - `noise`: measurement noise (std, in units of each scaled component's std).
     - `hr_factors`: inflow period factors of the heart-rate sets; `amplitude`: the
       exercise-like inflow amplitude factor.
-    - `test_starts`: forecast starts per test cycle (equally spaced phases).
+    - `test_starts`: forecast starts per test cycle (equally spaced phases). Scores at
+      one lead time depend on the cardiac phase they land on, so a test set of few phases
+      is a biased sample of what the UQ calibration (fitted over every phase) is scored
+      on: with 4 starts (8 windows) the quick ensemble's PICP 90 read 0.962 at the main
+      lead, with 10 (20 windows) 0.924, the same trained members.
     - `sparse`: train on the clinical measurements only (proximal and distal pressure of
       the first vessel, inlet flow; `HemodynamicsStudy.observed`); ``False``: every
       coarse cell's pressure and flow.
@@ -122,7 +126,7 @@ class HemoConfig(StudyConfig):
     noise: float = 0.02
     hr_factors: tuple[float, ...] = (0.75, 1.3)
     amplitude: float = 1.5
-    test_starts: int = 4
+    test_starts: int = 10
     data_seed: int = 0
     width: int = 64
     depth: int = 2

@@ -171,7 +171,8 @@ def reliability_figure(results: Results, path: Path) -> FigureOutcome:
                     marker="o", ms=3, color=colours[name], label=name)  # fmt: skip
         ax.set(title=s, xlabel="nominal coverage", ylabel="observed coverage",
                xlim=(0, 1), ylim=(0, 1))  # fmt: skip
-    axes[0].legend(fontsize=7)
+    if axes[0].get_legend_handles_labels()[0]:  # no labelled artist: no empty legend
+        axes[0].legend(fontsize=7)
     _save(fig, path)
     return outcome
 
@@ -278,7 +279,8 @@ def theta_figure(results: Results, path: Path) -> FigureOutcome:
         if true is not None:
             ax.axvline(true, color="red", lw=1.5)
         ax.set_title(p)
-    axes[0].legend(fontsize=7)
+    if axes[0].get_legend_handles_labels()[0]:  # no labelled artist: no empty legend
+        axes[0].legend(fontsize=7)
     _save(fig, path)
     return outcome
 
