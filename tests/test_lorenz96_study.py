@@ -2,6 +2,7 @@
 closures, the truth's subgrid tendency, climate statistics) and the study end to end at a
 tiny size through the engine's study-baseline and model-metric hooks."""
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -146,3 +147,45 @@ def test_transfer_keeps_the_sets_forcing_and_carries_learned_theta():
     assert float(moved["F"]) == 16.0 and float(moved["damping"]) == pytest.approx(1.9)
     hybrid = sl.Hybrid(trained, study.closure(jax.random.key(0)), coupling="closure")
     assert float(values(transfer(study, hybrid, ood))["F"]) == 16.0
+
+
+def test_local_nonlocal_closure_splits_into_pointwise_and_banded_parts(key):
+    """`LocalNonlocal1d`: the local part's output at X_k depends on X_k alone (diagonal
+    Jacobian), the non-local part on X_{k-3} … X_{k+3} only (depth 2, kernel 3), the
+    closure is their sum, and it commutes with periodic shifts."""
+    kx, kn = jax.random.split(key)
+    n = 16
+    x = 3.0 * jax.random.normal(kx, (n,))
+    net = sl.nn.LocalNonlocal1d(width=6, nonlocal_width=4, depth=2, kernel_size=3, key=kn,
+                                final_scale=1.0)  # fmt: skip
+    j_loc = np.asarray(jax.jacfwd(net.local)(x))
+    off = ~np.eye(n, dtype=bool)
+    assert np.all(j_loc[off] == 0.0) and np.all(np.abs(np.diag(j_loc)) > 0)
+    j_nl = np.asarray(jax.jacfwd(net.nonlocal_net)(x))
+    dist = np.abs(np.subtract.outer(np.arange(n), np.arange(n)))
+    dist = np.minimum(dist, n - dist)  # periodic distance between k and k'
+    assert np.all(j_nl[dist > 3] == 0.0) and np.all(np.abs(j_nl[dist == 3]) > 0)
+    np.testing.assert_allclose(net(x), net.local(x) + net.nonlocal_net(x), rtol=1e-12)
+    np.testing.assert_allclose(net(jnp.roll(x, 5)), jnp.roll(net(x), 5), rtol=1e-10, atol=1e-12)
+    odd = sl.nn.LocalNonlocal1d(activation=jnp.tanh, use_bias=False, key=kn, final_scale=1.0)
+    assert odd.is_odd and not net.is_odd
+    np.testing.assert_allclose(odd(-x), -odd(x), rtol=1e-12)
+    with pytest.raises(ValueError, match="jax.vmap"):
+        net(jnp.ones((2, n)))
+    with pytest.raises(ValueError, match="nonlocal_width"):
+        sl.nn.LocalNonlocal1d(nonlocal_width=0, key=kn)
+
+
+@pytest.mark.slow
+def test_a_priori_baseline_is_the_hybrids_closure_architecture(tiny):
+    """The a-priori network is the hybrid's closure at equal size (same class, same
+    parameter shapes); the emulator stays a plain CNN."""
+    from scilayers.experiments._engine import hybrid
+
+    study, _ = tiny
+    prior = study.extra_method("a_priori_closure", study._problem, 0, False).net
+    joint = hybrid(study, jax.random.key(0), study.cfg.identifiable).net
+    assert isinstance(prior, sl.nn.LocalNonlocal1d)
+    shapes = [a.shape for a in jax.tree.leaves(eqx.filter(prior, eqx.is_array))]
+    assert shapes == [a.shape for a in jax.tree.leaves(eqx.filter(joint, eqx.is_array))]
+    assert isinstance(study.emulator(jax.random.key(0)), sl.nn.PeriodicCNN1d)
