@@ -565,7 +565,9 @@ def test_spread_scale_floor_fixes_a_spread_in_the_wrong_places():
 
     truth, ens = windows(np.random.default_rng(5))
     fresh_truth, fresh = windows(np.random.default_rng(6))
-    with_floor = sl.uq.fit_spread_scale(truth, ens)
+    # the fixed floor: here each window's spread level is noise too (8 components of a
+    # lognormal spread), which the adaptive floor would follow
+    with_floor = sl.uq.fit_spread_scale(truth, ens, adaptive=False)
     rescaled = sl.uq.fit_spread_scale(truth, ens, floor=False)
     assert np.all(with_floor.mix[1:] >= 0.7)  # mostly the typical spread
     for scale, ok in ((with_floor, True), (rescaled, False)):
@@ -575,6 +577,35 @@ def test_spread_scale_floor_fixes_a_spread_in_the_wrong_places():
         ss = sl.metrics.spread_skill(fresh_truth[:, k], EnsemblePrediction(out.samples[:, :, k]))
         calibrated = 0.86 < cov < 0.94 and 0.85 < ss < 1.15
         assert calibrated == ok, (cov, ss)
+
+
+def test_adaptive_floor_follows_the_forecasts_spread_level():
+    """Windows in two regimes, the error twice or half the typical size; the members' spread
+    at each point is noisy (unrelated to the error) but its level over the components
+    follows the regime. Fitted on a mix of both, the floor that adapts to each forecast's
+    level calibrates a fresh set of the wide regime alone (an out-of-domain shift); a fixed
+    floor, the typical spread of the mix, under-covers it."""
+
+    def windows(rng, regimes, batch=400, members=20, n=32):
+        level = rng.choice(regimes, size=batch)[:, None, None]
+        centre = rng.normal(size=(batch, 4, n))
+        step = np.array([0, 1, 1, 1])[:, None]
+        truth = centre + rng.normal(size=centre.shape) * level * step
+        spread = level * np.exp(0.5 * rng.normal(size=centre.shape))  # noisy per point
+        z = rng.normal(size=(members, *centre.shape))
+        return truth, EnsemblePrediction(centre[None] + (z - z.mean(0)) * spread)
+
+    truth, ens = windows(np.random.default_rng(21), (0.5, 2.0))
+    wide_truth, wide = windows(np.random.default_rng(22), (2.0,))
+    adaptive = sl.uq.fit_spread_scale(truth, ens, per_component=False)
+    fixed = sl.uq.fit_spread_scale(truth, ens, per_component=False, adaptive=False)
+    assert adaptive.adaptive and not fixed.adaptive
+    k = 3
+    for scale, ok in ((adaptive, True), (fixed, False)):
+        out = EnsemblePrediction(scale.apply(wide).samples[:, :, k])
+        cov = sl.metrics.picp(wide_truth[:, k], out, 0.9)
+        ss = sl.metrics.spread_skill(wide_truth[:, k], out)
+        assert (0.85 < cov < 0.95 and 0.85 < ss < 1.15) == ok, (ok, cov, ss)
 
 
 def test_spread_scale_shrinks_component_factors_of_a_homogeneous_state():

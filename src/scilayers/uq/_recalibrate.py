@@ -22,13 +22,18 @@ class SpreadScale(NamedTuple):
     """A recalibration of an ensemble forecast, fitted by `fit_spread_scale` on validation
     forecasts and applied to test forecasts by `apply`: each draw becomes
 
-    ``x̄ + c_l (√(1 − r_l) b_j (x_i − x̄) + √r_l S̄_lj ε_i)``,  ``ε_i ~ N(0, 1)``,
+    ``x̄ + c_l (√(1 − r_l) b_j (x_i − x̄) + √r_l ρ_l S̄_lj ε_i)``,  ``ε_i ~ N(0, 1)``,
 
     so the predictive variance at lead ``l``, component ``j`` is
-    ``c_l² [(1 − r_l) b_j² S² + r_l S̄_lj²]``. ``S̄_lj`` is the root-mean-square of ``b_j S``
-    for that component at that lead on the validation windows (a floor under the point's
-    own spread ``S``, which a small ensemble can put in the wrong places); ``r_l = 0`` is a
-    pure rescaling.
+    ``c_l² [(1 − r_l) b_j² S² + r_l ρ_l² S̄_lj²]``. ``S̄_lj`` is the root-mean-square of
+    ``b_j S`` for that component at that lead on the validation windows (a floor under the
+    point's own spread ``S``, which a small ensemble can put in the wrong places); ``r_l =
+    0`` is a pure rescaling. With ``adaptive`` (the default of `fit_spread_scale`), ``ρ_l``
+    is the forecast's own spread level against the validation windows' — the
+    root-mean-square of ``b_j S`` over its components at that lead, divided by that of
+    ``S̄_l`` — so the floor keeps the typical pattern over components but grows and shrinks
+    with what the members say about this forecast (wider where they disagree more, e.g.
+    out of domain); ``ρ_l = 1`` without.
 
     The mean forecast is unchanged, so are its errors; only the spread (and with it every
     interval, the CRPS and the spread–skill ratio) changes. Lead times past the fitted ones
@@ -39,6 +44,7 @@ class SpreadScale(NamedTuple):
     mix: np.ndarray  # r_l, (time,)
     floor: np.ndarray  # S̄_lj, (time, *state)
     component: np.ndarray  # b_j, (*state): ones where the state is pooled
+    adaptive: bool = False  # ρ_l: the floor scaled to each forecast's own spread level
 
     def _leads(self, time: int) -> np.ndarray:
         return np.minimum(np.arange(time), len(self.lead) - 1)
@@ -79,8 +85,24 @@ class SpreadScale(NamedTuple):
         out = mean + c * self._component(state) * np.sqrt(1 - r) * (x - mean)
         if np.any(r > 0):
             eps = np.random.default_rng(seed).standard_normal(x.shape)
-            out = out + c * np.sqrt(r) * self._floor(time, state) * eps
+            floor = self._floor(time, state)
+            if self.adaptive:
+                _, var = moments(EnsemblePrediction(x))
+                var = np.asarray(var, np.float64) * self._component(state) ** 2
+                floor = floor * _level(var, floor**2, len(state))
+            out = out + c * np.sqrt(r) * floor * eps
         return EnsemblePrediction(out.astype(np.asarray(pred.samples).dtype))
+
+
+def _level(var: np.ndarray, typical2: np.ndarray, state_ndim: int) -> np.ndarray:
+    """``ρ``: each forecast's spread level over its components against the typical one,
+    ``√(mean_j var / mean_j S̄²)`` per forecast and lead, shaped to broadcast against
+    ``(batch, time, *state)``; 1 where there is no typical spread."""
+    axes = tuple(range(var.ndim - state_ndim, var.ndim))
+    num = np.mean(var, axis=axes)  # (batch, time)
+    den = np.mean(np.broadcast_to(typical2, var.shape[1:]), axis=tuple(range(1, var.ndim - 1)))
+    rho = np.where(den > 0, np.sqrt(num / np.where(den > 0, den, 1.0)), 1.0)
+    return rho.reshape(*rho.shape, *(1,) * state_ndim)
 
 
 def _trigamma(x: float) -> float:
@@ -156,6 +178,7 @@ def fit_spread_scale(
     observed: ArrayLike | None = None,
     noise: ArrayLike | None = None,
     bounds: tuple[float, float] = (1 / 16, 16),
+    adaptive: bool = True,
 ) -> SpreadScale:
     """Fit a `SpreadScale` on validation forecasts, so that on them the forecast has the
     two properties a calibrated one has: its spread matches its error (spread–skill 1 at
@@ -202,6 +225,10 @@ def fit_spread_scale(
       noise) and the noise taken off again: squared errors less ``noise²`` set the
       factors, and the coverage is that of the forecast widened by the noise.
     - `bounds`: the range of each factor (default ``1/16 … 16``).
+    - `adaptive`: scale the floor to each forecast's own spread level (`SpreadScale`'s
+      ``ρ``; default true), in the fit as in `SpreadScale.apply`. Without it the floor is
+      the same for every forecast, so a shift that makes the members disagree more (out of
+      domain) widens only the ``1 − r`` share of the spread.
 
     **Returns:** a `SpreadScale`.
     """
@@ -252,6 +279,8 @@ def fit_spread_scale(
                           for j in rest]  # fmt: skip
     var = var * comp**2
     typical = np.sqrt(var.mean(axis=0))  # S̄ per lead and component, (time, components)
+    # ρ² per window and lead (1 without `adaptive`): the floor each window gets
+    rho2 = _level(var, typical**2, 1)[..., 0] ** 2 if adaptive else np.ones((batch, time))
     lead, mix = np.ones(time), np.zeros(time)
     lo, hi = bounds
     for k in range(1, time):
@@ -260,7 +289,7 @@ def fit_spread_scale(
         m = miss[:, k]
         best = None
         for r in _MIX if floor else _MIX[:1]:
-            base = (1 - r) * var[:, k, obs] + r * typical[k, obs] ** 2
+            base = (1 - r) * var[:, k, obs] + r * rho2[:, k, None] * typical[k, obs] ** 2
             skill2 = max(float(np.mean(m**2 - n2)), 1e-300)  # the noise-free error
             c = float(np.clip(np.sqrt(skill2 / np.mean(base)), lo, hi))
             scale = np.sqrt(c**2 * base + n2)  # a measurement's predictive spread
@@ -270,4 +299,4 @@ def fit_spread_scale(
                 best = (gap, c, r)
         lead[k], mix[k] = best[1], best[2]
     typical, comp = typical.reshape(time, *state), comp.reshape(state)
-    return SpreadScale(lead, mix, typical, comp)
+    return SpreadScale(lead, mix, typical, comp, adaptive)
