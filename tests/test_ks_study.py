@@ -1,0 +1,50 @@
+"""The KS study's closure input: spectral derivative features (`ks.SpectralFeatures`)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from scilayers.experiments.ks import PRESETS, KSStudy, SpectralFeatures
+from scilayers.nn import PeriodicCNN1d
+
+
+class _Channels:
+    """Stands in for the network: returns its input channels, so the features show."""
+
+    def __call__(self, x):
+        return x[None]
+
+
+@pytest.mark.parametrize("n", [64, 128])
+def test_features_are_the_exact_derivatives_of_resolved_modes(n):
+    dx = 44.0 / 64  # the study's spacing; n = 128 is the out-of-domain length at it
+    x = np.arange(n) * dx
+    k = 2 * np.pi * 5 / (n * dx)
+    u = np.sin(k * x) + 0.3 * np.cos(3 * k * x)
+    feats = SpectralFeatures(_Channels(), dx, (0, 1, 2, 3))(jnp.asarray(u))
+    want = [
+        u,
+        k * np.cos(k * x) - 0.9 * k * np.sin(3 * k * x),
+        -(k**2) * np.sin(k * x) - 2.7 * k**2 * np.cos(3 * k * x),
+        -(k**3) * np.cos(k * x) + 8.1 * k**3 * np.sin(3 * k * x),
+    ]
+    np.testing.assert_allclose(np.asarray(feats), np.stack(want), atol=1e-9 * k**3)
+
+
+def test_odd_closure_stays_odd_and_shift_equivariant(key):
+    study = KSStudy(PRESETS["full"])
+    net = study.closure(key, odd=True)
+    assert isinstance(net, SpectralFeatures) and net.net.is_odd
+    u = jax.random.normal(jax.random.fold_in(key, 1), (64,))
+    np.testing.assert_allclose(net(-u), -net(u), atol=1e-12)
+    np.testing.assert_allclose(net(jnp.roll(u, 7)), jnp.roll(net(u), 7), atol=1e-10)
+    assert net(jnp.tile(u, 2)).shape == (128,)  # the out-of-domain grid, same spacing
+
+
+def test_presets_feed_the_closure_derivatives_and_the_emulator_the_field(key):
+    study = KSStudy(PRESETS["quick"])
+    assert isinstance(study.closure(key), SpectralFeatures)
+    assert isinstance(study.emulator(key), PeriodicCNN1d)
+    legacy = KSStudy(PRESETS["legacy"])  # the earlier table's closure: the field alone
+    assert isinstance(legacy.closure(key), PeriodicCNN1d)
