@@ -184,12 +184,40 @@ def test_network_params_are_theta_s():
     case = networks("bifurcation")
     net = ArterialNetwork(case)
     names = sl.params.named(net)
-    assert set(names) == {"E", "R1", "C", "R2"}
+    assert {k for k, p in names.items() if not p.fixed} == {"E", "R1", "C", "R2"}
+    assert names["inflow"].fixed  # the waveform is data, never trained
     assert names["E"].value.shape == (3,) and names["R1"].value.shape == (2,)
     with pytest.raises(ValueError, match=r"E must have shape \(3,\)"):
         ArterialNetwork(case, E=np.ones(2) * 4e5)
     with pytest.raises(ValueError, match="violates its constraint"):
         ArterialNetwork(case, R2=np.array([1e8, -1.0]))
+
+
+def test_inflow_waveform_is_data_shared_by_one_program():
+    case = networks("bifurcation")
+    t, q = np.asarray(case.inflow_time), np.asarray(case.inflow_flow)
+    net = ArterialNetwork(case)
+    fast = ArterialNetwork(case, inflow=(0.75 * t, 1.5 * q))
+    # the same periodic waveform, time-scaled and amplified
+    for s in (0.1, 0.37, 0.74, 1.3):
+        assert float(fast.inflow(0.75 * s)) == pytest.approx(1.5 * float(net.inflow(s)), rel=1e-12)
+    assert float(fast.period) == pytest.approx(0.75 * case.period)
+    assert float(fast.mean_inflow()) == pytest.approx(1.5 * float(net.mean_inflow()), rel=1e-12)
+    # same static structure: a jitted function of the network compiles once for both
+    assert jax.tree.structure(net) == jax.tree.structure(fast)
+    traces = []
+
+    @eqx.filter_jit
+    def at(m, s):
+        traces.append(1)
+        return m.inflow(s)
+
+    at(net, 0.2), at(fast, 0.2)
+    assert len(traces) == 1
+    with pytest.raises(ValueError, match="times increasing from 0"):
+        ArterialNetwork(case, inflow=(t[::-1], q))
+    with pytest.raises(ValueError, match="NaN"):
+        ArterialNetwork(case, inflow=(t, np.where(t > 0.5, np.nan, q)))
 
 
 def test_cfl_violation_is_an_error_and_default_dt_is_stable():

@@ -24,7 +24,7 @@ from scilayers.experiments.hemodynamics import (
     _visco_matrix,
 )
 from scilayers.hybrid import Hybrid
-from scilayers.params import set_values, values
+from scilayers.params import named, set_values, values
 from scilayers.solvers import ArterialMUSCL
 from scilayers.training import TrainConfig
 
@@ -59,7 +59,12 @@ def test_registered_and_dt_is_the_observation_interval(study):
     assert study.cfg.dt == pytest.approx(study.case().period / TINY.samples_per_cycle)
     step = study.physics()
     assert isinstance(step, ArterialStep) and step.dt == pytest.approx(study.cfg.dt)
-    assert set(values(step)) == {"E", "R1", "C", "R2"}
+    free = {k for k, p in named(step).items() if not p.fixed}
+    assert free == {"E", "R1", "C", "R2"} and set(values(step)) == free | {"inflow"}
+    # every evaluation set's physics is one program: only the (data) inflow differs
+    for es_name in ("hr0_75", "exercise"):
+        shifted = study.physics_on(**study._context(es_name))
+        assert jax.tree.structure(shifted) == jax.tree.structure(step)
 
 
 def test_scaling_round_trips_and_step_is_the_muscl_steps(study):

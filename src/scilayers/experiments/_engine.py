@@ -261,11 +261,22 @@ def start_times(es: EvalSet, model, dt: float, count: int | None = None):
     return jnp.asarray(np.asarray(es.t0)[:count] + es.start * dt)
 
 
-def forecast(model, es: EvalSet, steps: int, dt: float) -> np.ndarray:
+def pad_batch(x, size: int | None):
+    """``x`` with its first axis padded to ``size`` by repeating its last row (``None`` or
+    a smaller size: unchanged), so that sets of different sizes share a compiled program."""
+    if x is None or size is None or x.shape[0] >= size:
+        return x
+    return jnp.concatenate([x, jnp.repeat(x[-1:], size - x.shape[0], axis=0)])
+
+
+def forecast(model, es: EvalSet, steps: int, dt: float, pad_to: int | None = None) -> np.ndarray:
     """Rollouts of ``model`` (already on ``es``'s domain) from each trajectory's forecast
-    start, at the start's time when the set has times: ``(batch, 1 + steps, *state)``."""
-    u0 = jnp.asarray(es.data[:, es.start])
-    return np.asarray(_rollouts(model, u0, steps, start_times(es, model, dt)))
+    start, at the start's time when the set has times: ``(batch, 1 + steps, *state)``.
+    With `pad_to` the batch is padded to that size for the rollout (`pad_batch`)."""
+    b = es.data.shape[0]
+    u0 = pad_batch(jnp.asarray(es.data[:, es.start]), pad_to)
+    t0 = pad_batch(start_times(es, model, dt), pad_to)
+    return np.asarray(_rollouts(model, u0, steps, t0))[:b]
 
 
 def _reference(name: str, problem: Problem, es: EvalSet, steps: int) -> np.ndarray:
@@ -376,9 +387,10 @@ def run_one(study: AbstractStudy, problem: Problem, name: str, opts: dict | None
                 if k.startswith("theta/")
             }
     if model is not None and name != "pinn" and not preds:  # forecasts of a model
+        largest = max(e.data.shape[0] for e in problem.eval_sets.values())
         for k, es in problem.eval_sets.items():
             m = transfer(study, model, es)
-            preds[k] = forecast(m, es, steps, cfg.dt)
+            preds[k] = forecast(m, es, steps, cfg.dt, pad_to=largest)
             if not name.startswith("abl_"):
                 for mk, mv in study.model_metrics(name, es, m, seed).items():
                     metrics[f"{k}_{mk}"] = mv

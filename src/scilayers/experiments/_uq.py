@@ -286,18 +286,22 @@ def _measured_ar1(res: np.ndarray, observed, groups) -> tuple[AR1, AR1]:
 
 def _forecasts(study: AbstractStudy, problem: Problem, models: list, error, seed: int):
     """Sampled rollouts of every model (moved to each set) from each set's start, scored."""
-    from ._engine import start_times, transfer
+    from ._engine import pad_batch, start_times, transfer
 
     cfg = study.cfg
     n = cfg.main_horizon
     sets, shown = {}, {}
+    # every set's batch padded to one size: one compiled forecast for sets of one shape
+    size = max(min(cfg.uq_trajectories, e.data.shape[0]) for e in problem.eval_sets.values())
     for name, es in problem.eval_sets.items():
         b = min(cfg.uq_trajectories, es.data.shape[0])
         stacked = stack_members([transfer(study, m, es) for m in models])
-        u0 = jnp.asarray(es.data[:b, es.start])
-        t0 = start_times(es, models[0], cfg.dt, b)
+        u0 = pad_batch(jnp.asarray(es.data[:b, es.start]), size)
+        t0 = pad_batch(start_times(es, models[0], cfg.dt, b), size)
         fc = ensemble_forecast(stacked, u0, n, _key(f"forecast/{name}", seed), t0=t0,
                                samples=cfg.uq_samples, error=error.on(es.state_shape))  # fmt: skip
+        if size > b:
+            fc = fc._replace(samples=fc.samples[:, :, :b])
         truth = es.data[:b, es.start : es.start + n + 1]
         if cfg.uq_rolling and es.t0 is not None:  # issue times, whatever the model takes
             issued = np.asarray(es.t0)[:b] + es.start * cfg.dt

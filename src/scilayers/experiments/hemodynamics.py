@@ -460,9 +460,9 @@ class HemodynamicsStudy(AbstractStudy):
 
     def _scales(self):
         case = self.case()
-        net = ArterialNetwork(case)
-        o = case.outlets[0]
-        p_ref = net.mean_inflow() * (o.R1 + o.R2)
+        tt, qq = np.asarray(case.inflow_time), np.asarray(case.inflow_flow)
+        o = case.outlets[0]  # numpy: also called while a solver is being traced
+        p_ref = np.trapezoid(qq, tt) / (tt[-1] - tt[0]) * (o.R1 + o.R2)
         return float(p_ref), 20.0 * MMHG, float(np.max(np.abs(case.inflow_flow)))
 
     def _substeps(self, case) -> tuple[int, float]:
@@ -634,8 +634,9 @@ class HemodynamicsStudy(AbstractStudy):
         c = self.cfg
         base = self.case()
         k, dt_obs = self._substeps(base)
-        case = _scaled_case(base, n_cells=c.n_cells, gamma=gamma, period=period,
-                            amplitude=amplitude)  # fmt: skip
+        # the shifted inflow is data of the network (one compiled program for every set)
+        case = _scaled_case(base, n_cells=c.n_cells, gamma=gamma)
+        inflow = (np.asarray(base.inflow_time) * period, np.asarray(base.inflow_flow) * amplitude)
         if patient is None:
             th = {"E": [v.E for v in base.vessels], "R1": [o.R1 for o in base.outlets],
                   "C": [o.C for o in base.outlets], "R2": [o.R2 for o in base.outlets]}  # fmt: skip
@@ -647,7 +648,7 @@ class HemodynamicsStudy(AbstractStudy):
                       prior=LogNormal(np.asarray(v, dtype=float), 0.3))
             for k_, v in th.items()
         }  # fmt: skip
-        net = ArterialNetwork(case, **params)
+        net = ArterialNetwork(case, **params, inflow=inflow)
         p_ref, p_scale, q_scale = self._scales()
         flow = ArterialFlow(ArterialMUSCL(net, dt_obs / k), p_ref, p_scale, q_scale)
         return ArterialStep(flow, k, dt_obs)

@@ -482,9 +482,13 @@ class ArterialNetwork(eqx.Module):
     - `E`: Young's modulus per vessel (Pa), shape ``(n_vessels,)``; default the case's.
     - `R1`, `C`, `R2`: Windkessel resistance (Pa·s/m³), compliance (m³/Pa), resistance per
       outlet, shape ``(n_outlets,)``; default the case's.
+    - `inflow`: the inflow waveform over one cycle as ``(times, flows)`` (s from 0 to the
+      period, m³/s); default the case's. It is held as a fixed `Param` (data, not a static
+      field), so networks that differ only in their inflow — another heart rate, an
+      exercise waveform with as many samples — share one compiled program.
 
-    Each is a positive `Param` (numbers and arrays are wrapped), so θ_s =
-    ``{E, R1, C, R2}``; pass ``Param(..., fixed=True)`` to hold one fixed.
+    Each of `E`, `R1`, `C`, `R2` is a positive `Param` (numbers and arrays are wrapped), so
+    θ_s = ``{E, R1, C, R2}``; pass ``Param(..., fixed=True)`` to hold one fixed.
     """
 
     case: ArterialCase = eqx.field(static=True)
@@ -492,8 +496,9 @@ class ArterialNetwork(eqx.Module):
     R1: Param
     C: Param
     R2: Param
+    inflow_wave: Param
 
-    def __init__(self, case: ArterialCase, E=None, R1=None, C=None, R2=None):
+    def __init__(self, case: ArterialCase, E=None, R1=None, C=None, R2=None, inflow=None):
         if not isinstance(case, ArterialCase):
             raise ValueError(
                 f"ArterialNetwork needs an ArterialCase (see scilayers.data.load_arterial_case), "
@@ -517,6 +522,16 @@ class ArterialNetwork(eqx.Module):
         self.R1 = make(R1, [o.R1 for o in case.outlets], no, "R1", "Pa s/m^3")
         self.C = make(C, [o.C for o in case.outlets], no, "C", "m^3/Pa")
         self.R2 = make(R2, [o.R2 for o in case.outlets], no, "R2", "Pa s/m^3")
+        t, q = (case.inflow_time, case.inflow_flow) if inflow is None else inflow
+        t, q = np.asarray(t, dtype=float), np.asarray(q, dtype=float)
+        if t.ndim != 1 or t.shape != q.shape or t.size < 2 or t[0] != 0 or np.any(np.diff(t) <= 0):
+            raise ValueError(
+                f"ArterialNetwork: inflow must be (times, flows) of equal length >= 2 with "
+                f"times increasing from 0 to the period, got shapes {t.shape} and {q.shape}."
+            )
+        if not np.all(np.isfinite(q)):
+            raise ValueError("ArterialNetwork: the inflow waveform contains NaN or inf.")
+        self.inflow_wave = Param(np.stack([t, q]), fixed=True, name="inflow")
 
     # -- layout -------------------------------------------------------------------
     @property
@@ -566,18 +581,21 @@ class ArterialNetwork(eqx.Module):
         A0 = np.pi * rmin**2
         return wave_speed(A0, A0, self.beta(), self.case.rho)
 
-    def inflow(self, t: ScalarLike) -> Array:
-        """Inlet flow ``Q_in(t)`` (m³/s): the case's waveform, periodic, linearly
-        interpolated."""
-        tt = np.asarray(self.case.inflow_time)
-        qq = np.asarray(self.case.inflow_flow)
-        return jnp.interp(jnp.mod(t, self.case.period), tt, qq)
+    @property
+    def period(self) -> Array:
+        """The cardiac period (s) of the inflow waveform."""
+        return self.inflow_wave.value[0, -1]
 
-    def mean_inflow(self) -> float:
+    def inflow(self, t: ScalarLike) -> Array:
+        """Inlet flow ``Q_in(t)`` (m³/s): the inflow waveform, periodic, linearly
+        interpolated."""
+        tt, qq = self.inflow_wave.value
+        return jnp.interp(jnp.mod(t, tt[-1]), tt, qq)
+
+    def mean_inflow(self) -> Array:
         """Cycle-averaged inflow (m³/s)."""
-        tt = np.asarray(self.case.inflow_time)
-        qq = np.asarray(self.case.inflow_flow)
-        return float(np.trapezoid(qq, tt) / (tt[-1] - tt[0]))
+        tt, qq = self.inflow_wave.value
+        return jnp.trapezoid(qq, tt) / (tt[-1] - tt[0])
 
     # -- diagnostics --------------------------------------------------------------
     def pressure(self, u: Float[Array, " n"]) -> Float[Array, " cells"]:
