@@ -326,3 +326,28 @@ def test_uq_targets_read_the_block_at_the_main_lead():
     uq["methods"]["hybrid_joint"]["id"] = at(0.81, 1.3, 0.1)
     assert not any(t["pass"] for t in uq_targets(uq))
     assert uq_targets(None) == [] and uq_targets({"methods": {}}) == []
+
+
+def test_hybrid_steps_budget_the_main_hybrids_and_their_ensembles_only(tmp_path):
+    """`StudyConfig.hybrid_steps` is the main hybrids' budget and the --uq hybrid
+    ensembles' (train_config's default); the ablations, the calibration and the emulator
+    keep theirs; unset, every run keeps the shared one."""
+    from scilayers.experiments._engine import _train, train_config, train_runs
+    from scilayers.experiments._uq import _members
+
+    cfg = TINY.replace(hybrid_steps=6, extend_rounds=0, checkpoint_every=0, emulator_steps=5)
+    study = BurgersStudy(cfg)
+    problem = study.problem(tmp_path / "cache", False)
+    runs = train_runs(study, int(problem.train.shape[0]))
+    steps = {name: _train(study, problem, name, runs[name], 0, tmp_path / name, False,
+                          False).config.steps
+             for name in ("hybrid_joint", "abl_lambda_0.1", "pure_physics_calibrated",
+                          "neural_emulator")}  # fmt: skip
+    assert steps == {"hybrid_joint": 6, "abl_lambda_0.1": 4, "pure_physics_calibrated": 4,
+                     "neural_emulator": 5}  # fmt: skip
+    assert _members(study, problem, "hybrid_joint", 0)[1].steps == 6
+    assert _members(study, problem, "neural_emulator", 0)[1].steps == 5
+    assert train_config(study, problem, 0, hybrid=False).steps == 4
+    assert train_config(BurgersStudy(TINY), problem, 0).steps == 4
+    with pytest.raises(ValueError, match="hybrid_steps"):
+        TINY.replace(hybrid_steps=0)

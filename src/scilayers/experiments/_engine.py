@@ -129,13 +129,17 @@ def _key(name: str, seed: int):
     return jax.random.fold_in(jax.random.key(seed), zlib.crc32(name.encode()) % (2**31))
 
 
-def train_config(study: AbstractStudy, problem: Problem, seed: int, **changes):
+def train_config(study: AbstractStudy, problem: Problem, seed: int, hybrid: bool = True,
+                 **changes):  # fmt: skip
     """The study's `TrainConfig` for one run of ``seed`` (with ``changes``): split over
     every device under ``--distributed``, fitting only the measured components where the
-    problem has them (`Problem.observed`)."""
+    problem has them (`Problem.observed`). ``hybrid``: a main hybrid's, with the study's
+    `StudyConfig.hybrid_steps` where it sets them (the ``--uq`` ensembles take this
+    default); ``False``: the shared budget."""
     cfg = study.cfg
+    steps = (cfg.hybrid_steps if hybrid else None) or cfg.train.steps
     tc = cfg.train.replace(seed=seed, shard=cfg.train.shard or distributed.initialized(),
-                           **changes)  # fmt: skip
+                           **{"steps": steps, **changes})  # fmt: skip
     if problem.observed is not None:  # sparse measurements: fit only what was measured
         tc = tc.replace(observed=tuple(int(i) for i in problem.observed))
     return tc
@@ -151,7 +155,8 @@ def hybrid(study: AbstractStudy, key, variant: str) -> Hybrid:
 def _train(study: AbstractStudy, problem: Problem, name: str, opts: dict, seed: int, ckpt: Path,
            resume: bool, progress: bool):  # fmt: skip
     cfg = study.cfg
-    tc = train_config(study, problem, seed,
+    main_hybrid = opts["kind"] == "hybrid" and not name.startswith("abl_")
+    tc = train_config(study, problem, seed, hybrid=main_hybrid,
                       lambda_physics=opts.get("lambda", cfg.lambda_physics))  # fmt: skip
     key = _key(opts.get("data_of", name), seed)
     n = opts.get("n_train")
