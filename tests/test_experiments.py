@@ -328,26 +328,32 @@ def test_uq_targets_read_the_block_at_the_main_lead():
     assert uq_targets(None) == [] and uq_targets({"methods": {}}) == []
 
 
-def test_hybrid_steps_budget_the_main_hybrids_and_their_ensembles_only(tmp_path):
-    """`StudyConfig.hybrid_steps` is the main hybrids' budget and the --uq hybrid
-    ensembles' (train_config's default); the ablations, the calibration and the emulator
-    keep theirs; unset, every run keeps the shared one."""
+def test_hybrid_train_is_the_hybrids_and_their_ensembles_budget_only(tmp_path):
+    """`StudyConfig.hybrid_train` is the budget of the hybrids (main rows and ablations) and
+    of the --uq hybrid ensembles (train_config's default); the calibration, the emulator and
+    its ensemble keep the shared one; unset, every run keeps the shared one."""
     from scilayers.experiments._engine import _train, train_config, train_runs
     from scilayers.experiments._uq import _members
 
-    cfg = TINY.replace(hybrid_steps=6, extend_rounds=0, checkpoint_every=0, emulator_steps=5)
+    hybrid_tc = TINY.train.replace(steps=6, batch_size=2, lr_net=1e-3)
+    cfg = TINY.replace(hybrid_train=hybrid_tc, extend_rounds=0, checkpoint_every=0,
+                       emulator_steps=5)  # fmt: skip
     study = BurgersStudy(cfg)
     problem = study.problem(tmp_path / "cache", False)
     runs = train_runs(study, int(problem.train.shape[0]))
-    steps = {name: _train(study, problem, name, runs[name], 0, tmp_path / name, False,
-                          False).config.steps
-             for name in ("hybrid_joint", "abl_lambda_0.1", "pure_physics_calibrated",
-                          "neural_emulator")}  # fmt: skip
-    assert steps == {"hybrid_joint": 6, "abl_lambda_0.1": 4, "pure_physics_calibrated": 4,
-                     "neural_emulator": 5}  # fmt: skip
-    assert _members(study, problem, "hybrid_joint", 0)[1].steps == 6
-    assert _members(study, problem, "neural_emulator", 0)[1].steps == 5
+    tcs = {name: _train(study, problem, name, runs[name], 0, tmp_path / name, False,
+                        False).config
+           for name in ("hybrid_joint", "abl_lambda_0.1", "pure_physics_calibrated",
+                        "neural_emulator")}  # fmt: skip
+    steps = {k: (v.steps, v.batch_size, v.lr_net) for k, v in tcs.items()}
+    shared = (TINY.train.batch_size, TINY.train.lr_net)
+    assert steps == {"hybrid_joint": (6, 2, 1e-3), "abl_lambda_0.1": (6, 2, 1e-3),
+                     "pure_physics_calibrated": (4, *shared),
+                     "neural_emulator": (5, *shared)}  # fmt: skip
+    assert _members(study, problem, "hybrid_joint", 0)[1].batch_size == 2
+    emulator = _members(study, problem, "neural_emulator", 0)[1]
+    assert (emulator.steps, emulator.batch_size) == (5, TINY.train.batch_size)
     assert train_config(study, problem, 0, hybrid=False).steps == 4
     assert train_config(BurgersStudy(TINY), problem, 0).steps == 4
-    with pytest.raises(ValueError, match="hybrid_steps"):
-        TINY.replace(hybrid_steps=0)
+    with pytest.raises(ValueError, match="hybrid_train"):
+        TINY.replace(hybrid_train={"steps": 6})

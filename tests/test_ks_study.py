@@ -54,5 +54,5 @@ def test_quick_hybrids_get_their_own_budget():
     """The quick hybrids train past the shared budget (their validation loss still fell
     from 200 to 1000 steps); the ablations keep the shared one."""
     quick = PRESETS["quick"]
-    assert quick.hybrid_steps > quick.train.steps
+    assert quick.hybrid_train.steps > quick.train.steps
     assert quick.emulator_steps is not None  # the --uq emulator ensemble keeps its own

@@ -133,13 +133,12 @@ def train_config(study: AbstractStudy, problem: Problem, seed: int, hybrid: bool
                  **changes):  # fmt: skip
     """The study's `TrainConfig` for one run of ``seed`` (with ``changes``): split over
     every device under ``--distributed``, fitting only the measured components where the
-    problem has them (`Problem.observed`). ``hybrid``: a main hybrid's, with the study's
-    `StudyConfig.hybrid_steps` where it sets them (the ``--uq`` ensembles take this
-    default); ``False``: the shared budget."""
+    problem has them (`Problem.observed`). ``hybrid``: a hybrid's, `StudyConfig.hybrid_train`
+    where the study sets it (the ``--uq`` hybrid ensembles take this default); ``False``:
+    the shared `StudyConfig.train`."""
     cfg = study.cfg
-    steps = (cfg.hybrid_steps if hybrid else None) or cfg.train.steps
-    tc = cfg.train.replace(seed=seed, shard=cfg.train.shard or distributed.initialized(),
-                           **{"steps": steps, **changes})  # fmt: skip
+    base = cfg.hybrid_train if hybrid and cfg.hybrid_train is not None else cfg.train
+    tc = base.replace(seed=seed, shard=base.shard or distributed.initialized(), **changes)
     if problem.observed is not None:  # sparse measurements: fit only what was measured
         tc = tc.replace(observed=tuple(int(i) for i in problem.observed))
     return tc
@@ -155,8 +154,7 @@ def hybrid(study: AbstractStudy, key, variant: str) -> Hybrid:
 def _train(study: AbstractStudy, problem: Problem, name: str, opts: dict, seed: int, ckpt: Path,
            resume: bool, progress: bool):  # fmt: skip
     cfg = study.cfg
-    main_hybrid = opts["kind"] == "hybrid" and not name.startswith("abl_")
-    tc = train_config(study, problem, seed, hybrid=main_hybrid,
+    tc = train_config(study, problem, seed, hybrid=opts["kind"] == "hybrid",
                       lambda_physics=opts.get("lambda", cfg.lambda_physics))  # fmt: skip
     key = _key(opts.get("data_of", name), seed)
     n = opts.get("n_train")

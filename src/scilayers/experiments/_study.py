@@ -50,12 +50,12 @@ class StudyConfig:
     - `checkpoint_every`: training checkpoints (steps) so a killed study resumes.
     - `emulator_steps`: the neural emulator's step budget (``None``: ``train.steps``); it
       is cheap per step and needs more steps to converge, so it gets them.
-    - `hybrid_steps`: the main hybrids' step budget (``None``: ``train.steps``), for a
-      study whose hybrids need more steps than the shared budget to reach their plateau:
-      ``hybrid_fixed_theta``, ``hybrid_staged``, ``hybrid_joint`` and the ``--uq`` hybrid
-      ensembles get it; the ablations keep ``train.steps`` (one budget for their variants,
-      which is then not the main row's), and so does the ``--uq`` emulator ensemble only
-      where `emulator_steps` is set (else it falls back to this).
+    - `hybrid_train`: the hybrids' training config (``None``: `train`), for a study whose
+      hybrids need another budget than the shared one to reach their plateau (more steps,
+      a smaller batch, another network rate): ``hybrid_fixed_theta``, ``hybrid_staged``,
+      ``hybrid_joint``, their ablations (so a variant row has the main row's budget) and
+      the ``--uq`` hybrid ensembles train with it; the calibration, the sequential hybrid,
+      the emulator (and its ensemble) keep `train`.
     - `train`: the training budget every trained method shares (the emulator may get more).
     - `extend_rounds`: how often a main method that has not converged by the engine's rule
       (`scilayers.experiments._engine.CONVERGENCE_RULE`) is trained on, a quarter of its
@@ -100,7 +100,7 @@ class StudyConfig:
     pinn_seeds: int | None = None
     checkpoint_every: int = 100
     emulator_steps: int | None = None
-    hybrid_steps: int | None = None
+    hybrid_train: TrainConfig | None = None
     extend_rounds: int = 1
     train: TrainConfig = field(default_factory=TrainConfig)
     uq: str = "none"
@@ -132,10 +132,11 @@ class StudyConfig:
             )
         if not (isinstance(self.extend_rounds, int) and self.extend_rounds >= 0):
             raise ValueError(f"extend_rounds must be an integer >= 0, got {self.extend_rounds!r}.")
-        if self.hybrid_steps is not None and not (
-            isinstance(self.hybrid_steps, int) and self.hybrid_steps >= 1
-        ):
-            raise ValueError(f"hybrid_steps must be a positive integer, got {self.hybrid_steps!r}.")
+        if self.hybrid_train is not None and not isinstance(self.hybrid_train, TrainConfig):
+            raise ValueError(
+                f"hybrid_train must be a TrainConfig (e.g. train.replace(steps=600)) or None, "
+                f"got {type(self.hybrid_train).__name__}."
+            )
         if any(s < 1 for s in self.data_sizes):
             raise ValueError(f"data_sizes must be positive, got {self.data_sizes}.")
 

@@ -81,9 +81,11 @@ def _members(study: AbstractStudy, problem: Problem, method: str, seed: int):
     from ._engine import hybrid, train_config
 
     cfg = study.cfg
-    tc = train_config(study, problem, seed, lambda_physics=cfg.lambda_physics)  # as the engine
+    emulator = method == "neural_emulator"
+    tc = train_config(study, problem, seed, hybrid=not emulator,
+                      lambda_physics=cfg.lambda_physics)  # as the engine  # fmt: skip
     key = _key(method, seed)
-    if method == "neural_emulator":
+    if emulator:
         shape = problem.eval_sets["id"].state_shape
         members = init_members(lambda k: NeuralStepper(study.emulator(k), shape), key,
                                cfg.uq_members, theta="keep")  # fmt: skip

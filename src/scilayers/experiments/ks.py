@@ -93,21 +93,26 @@ class KSConfig(StudyConfig):
 # lr_net 5e-3 (was 2e-3): the emulator at 2e-3 was still improving by 15-25 % per extension
 # round after 5250 steps; at 5e-3 it reaches its plateau in 3000-4000; the hybrids' validation
 # loss is the same at either rate (full, seed 0: 1.29e-5 against 1.22e-5).
-# Quick hybrids: 1000 steps (`hybrid_steps`; the ablations keep 200). At 200 (+ extension
-# rounds) hybrid_joint's validation loss was 2.3-3.3e-5, read as a plateau by the engine's rule
-# on 2 of 3 seeds (a short cosine schedule ends at a tenth of its rate), yet with 400 / 600 /
-# 1000 steps it fell to 2.1 / 1.8 / 1.6e-5 (mean of seeds 0-2) and the in-domain MSE from
-# 6.0e-4 to 1.4e-4 / 6.3e-5 / 4.8e-5. It still falls beyond (2000 steps: 9.1e-6 on seed 1),
-# out of the quick budget. lr_net 2e-3 gave the same within the seeds' spread (1.5e-5 at 1000).
+# Quick hybrids (`hybrid_train`: the main hybrids, their ablations and --uq ensembles): 600
+# steps of batch 8 at lr_net 2e-3. At the shared 200 steps (+ extension rounds) hybrid_joint's
+# validation loss was 2.3-3.3e-5, read as a plateau by the engine's rule on 2 of 3 seeds (a
+# short cosine schedule ends at a tenth of its rate), yet with 400 / 600 / 1000 steps it fell
+# to 2.1 / 1.8 / 1.6e-5 (mean of seeds 0-2, batch 16, lr 5e-3) and the in-domain MSE from
+# 6.0e-4 to 1.4e-4 / 6.3e-5 / 4.8e-5; 2000 steps: 9.1e-6 on seed 1, out of the quick budget.
+# 600 steps of batch 8 at lr 2e-3: 1.69e-5 (ID MSE 5.7e-5) for a third of the time of 1000
+# of batch 16 (30 s against 90 s per seed on one core); lr 2e-3 against 5e-3 at 1000 steps:
+# 1.52e-5 against 1.56e-5, within the seeds' spread.
 _TRAIN = TrainConfig(steps=200, batch_size=16, horizon=10, lr_theta=3e-2, lr_net=5e-3,
                      val_every=20)  # fmt: skip
 _PINN = PINNConfig(adam_steps=2000, lbfgs_steps=1000)
 
 PRESETS: dict[str, KSConfig] = {
     "quick": KSConfig(train=_TRAIN, pinn=_PINN, pinn_trajectories=2, pinn_seeds=1,
-                      emulator_steps=2000, hybrid_steps=1000, extend_rounds=2,
-                      data_sizes=(1, 4, 16), data_seeds=1, ablation_seeds=1,
-                      lambda_sweep=(0.0, 0.1, 1.0)),  # fmt: skip
+                      emulator_steps=2000, extend_rounds=2,
+                      hybrid_train=_TRAIN.replace(steps=600, batch_size=8, lr_net=2e-3),
+                      # quick keeps one data size and one λ_p variant (full: the curves)
+                      data_sizes=(1,), data_seeds=1, ablation_seeds=1,
+                      lambda_sweep=(0.0, 1.0)),  # fmt: skip
     "full": KSConfig(
         preset="full", extend_rounds=3,
         trajectories=1000,
