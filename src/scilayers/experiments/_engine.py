@@ -94,8 +94,7 @@ def train_runs(study: AbstractStudy, n_train: int) -> dict[str, dict]:
         "hybrid_staged": {"kind": "hybrid", "strategy": "staged"},
         "hybrid_joint": {"kind": "hybrid", "strategy": "joint"},
     }
-    variants = list(dict.fromkeys([*cfg.closure_variants, *study.projections()]))
-    for v in variants:
+    for v in dict.fromkeys(cfg.closure_variants):
         if v != main:
             runs[f"abl_closure_{v}_joint"] = {"kind": "hybrid", "strategy": "joint", "closure": v}
             runs[f"abl_closure_{v}_fixed"] = {"kind": "hybrid", "strategy": "fixed", "closure": v}
@@ -546,7 +545,7 @@ def _ablations(study: AbstractStudy, agg: dict) -> dict:
             lam[f"{lp:g}"] = agg[f"abl_lambda_{lp:g}"]
     closure = {f"{main} (main), learned θ_s": agg["hybrid_joint"],
                f"{main} (main), fixed θ_s": agg["hybrid_fixed_theta"]}  # fmt: skip
-    for v in dict.fromkeys([*cfg.closure_variants, *study.projections()]):
+    for v in dict.fromkeys(cfg.closure_variants):
         if v != main:
             closure[f"{v}, learned θ_s"] = agg[f"abl_closure_{v}_joint"]
             closure[f"{v}, fixed θ_s"] = agg[f"abl_closure_{v}_fixed"]

@@ -38,7 +38,9 @@ class StudyConfig:
     - `identifiable`: how the main hybrids keep θ_s identifiable: ``"orthogonal"`` (the
       library's sensitivity projection), ``"unrestricted"``, or the name of one of the
       study's projections (`AbstractStudy.projections`).
-    - `closure_variants`: the closures of the identifiability ablation.
+    - `closure_variants`: the closures of the identifiability ablation: ``"unrestricted"``,
+      ``"orthogonal"`` or a name of the study's `AbstractStudy.projections` (the main
+      closure, `identifiable`, is its reference row and is not trained twice).
     - `lambda_physics`: λ_p of the hybrids (fixed a priori, not tuned on test data);
       `lambda_sweep`: the λ_p ablation.
     - `data_sizes`: training-set sizes (trajectories) of the data-efficiency ablation,
