@@ -107,13 +107,16 @@ _TRAIN = TrainConfig(steps=200, batch_size=16, horizon=10, lr_theta=3e-2, lr_net
 _PINN = PINNConfig(adam_steps=2000, lbfgs_steps=1000)
 
 PRESETS: dict[str, KSConfig] = {
-    "quick": KSConfig(train=_TRAIN, pinn=_PINN, pinn_trajectories=2, pinn_seeds=1,
+    "quick": KSConfig(train=_TRAIN, pinn=_PINN, pinn_trajectories=1, pinn_seeds=1,
                       emulator_steps=2000, extend_rounds=2,
                       hybrid_train=_TRAIN.replace(steps=600, batch_size=8, lr_net=2e-3),
-                      # quick: the unrestricted closure and one data size (full: ks-odd, the
-                      # λ_p sweep and the data curve), for the 10-minute budget
-                      data_sizes=(1,), data_seeds=1, ablation_seeds=1,
-                      lambda_sweep=(0.0,)),  # fmt: skip
+                      # quick, for its 10-minute budget with --uq (11.0 min on 2 idle cores
+                      # with one data size, 13.5 with ks-odd and a λ_p variant too): the
+                      # unrestricted-closure ablation only (full: ks-odd, the λ_p sweep and
+                      # the data curve), one PINN trajectory per set, 4 × 10 ensemble draws;
+                      # every test trajectory (12 per set) scored
+                      data_sizes=(), data_seeds=1, ablation_seeds=1, lambda_sweep=(0.0,),
+                      uq_members=4, uq_samples=10, n_test=12, n_ood=12),  # fmt: skip
     "full": KSConfig(
         preset="full", extend_rounds=3,
         trajectories=1000,
