@@ -307,6 +307,13 @@ class ArterialCase:
         return float(self.inflow_time[-1])
 
     @property
+    def mean_inflow(self) -> float:
+        """Cycle-averaged inflow (m³/s) of the case's waveform (numpy: a constant even
+        where a solver is being traced; `ArterialNetwork.mean_inflow` is its network's)."""
+        t, q = np.asarray(self.inflow_time), np.asarray(self.inflow_flow)
+        return float(np.trapezoid(q, t) / (t[-1] - t[0]))
+
+    @property
     def labels(self) -> tuple[str, ...]:
         return tuple(v.label for v in self.vessels)
 
@@ -323,6 +330,18 @@ class _Topology:
                            tuple[int, ...]], ...]  # fmt: skip
 
 
+def _check_waveform(t, q, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(times, flows)`` of an inflow waveform as float arrays, checked: 1-D, of equal
+    length >= 2, times increasing from 0."""
+    t, q = np.asarray(t, dtype=float), np.asarray(q, dtype=float)
+    if t.ndim != 1 or t.shape != q.shape or t.size < 2 or t[0] != 0 or np.any(np.diff(t) <= 0):
+        raise ValueError(
+            f"{where}: the inflow needs >= 2 (time, flow) pairs, times increasing from 0; got "
+            f"shapes {t.shape} and {q.shape}."
+        )
+    return t, q
+
+
 @functools.lru_cache(maxsize=64)
 def _topology(case: ArterialCase) -> _Topology:
     where = f"{case.source or case.name}"
@@ -330,11 +349,7 @@ def _topology(case: ArterialCase) -> _Topology:
         raise ValueError(f"{where}: the network has no vessels.")
     if not (case.rho > 0 and case.mu > 0):
         raise ValueError(f"{where}: blood density and viscosity must be > 0.")
-    t = np.asarray(case.inflow_time)
-    if t.size < 2 or t.size != len(case.inflow_flow) or t[0] != 0 or np.any(np.diff(t) <= 0):
-        raise ValueError(
-            f"{where}: the inflow needs >= 2 (time, flow) pairs, times increasing from 0."
-        )
+    _check_waveform(case.inflow_time, case.inflow_flow, where)
     for v in case.vessels:
         values = (v.length, v.E, v.r_prox, v.r_dist, v.h0)
         if not all(np.isfinite(x) and x > 0 for x in values) or v.n_cells < 2:
@@ -523,12 +538,7 @@ class ArterialNetwork(eqx.Module):
         self.C = make(C, [o.C for o in case.outlets], no, "C", "m^3/Pa")
         self.R2 = make(R2, [o.R2 for o in case.outlets], no, "R2", "Pa s/m^3")
         t, q = (case.inflow_time, case.inflow_flow) if inflow is None else inflow
-        t, q = np.asarray(t, dtype=float), np.asarray(q, dtype=float)
-        if t.ndim != 1 or t.shape != q.shape or t.size < 2 or t[0] != 0 or np.any(np.diff(t) <= 0):
-            raise ValueError(
-                f"ArterialNetwork: inflow must be (times, flows) of equal length >= 2 with "
-                f"times increasing from 0 to the period, got shapes {t.shape} and {q.shape}."
-            )
+        t, q = _check_waveform(t, q, "ArterialNetwork")
         if not np.all(np.isfinite(q)):
             raise ValueError("ArterialNetwork: the inflow waveform contains NaN or inf.")
         self.inflow_wave = Param(np.stack([t, q]), fixed=True, name="inflow")
