@@ -267,9 +267,11 @@ def test_uq_ensemble_block_and_report(tmp_path):
     from scilayers.report import build_report
 
     cfg = TINY.replace(uq="ensemble", uq_members=3, uq_samples=2, lambda_sweep=(0.0,),
-                       data_sizes=(30,), closure_variants=("orthogonal",), pinn=None)  # fmt: skip
+                       data_sizes=(30,), closure_variants=("orthogonal",), pinn=None,
+                       uq_windows=2)  # fmt: skip
     res = run_study(BurgersStudy(cfg), [0], tmp_path, progress=False, log=quiet)
     uq = json.loads((tmp_path / "results.json").read_text())["uq"]
+    assert uq["windows_per_trajectory"] == 2
     assert uq["kind"] == "ensemble" and set(uq["methods"]) == {"hybrid_joint", "neural_emulator"}
     joint = uq["methods"]["hybrid_joint"]
     for s in res["eval_sets"]:
@@ -292,6 +294,22 @@ def test_uq_ensemble_block_and_report(tmp_path):
     # the ensemble is cached with the other runs: a resumed study does not retrain it
     again = run_study(BurgersStudy(cfg), [0], tmp_path, resume=True, progress=False, log=quiet)
     assert again["uq"]["methods"]["hybrid_joint"]["train_seconds"] == joint["train_seconds"]
+
+
+def test_uq_forecast_windows_fit_inside_the_set():
+    """Forecasts are issued every main_horizon steps from the set's start, as many as
+    ``uq_windows`` asks and whole windows fit, never fewer than one."""
+    from scilayers.experiments import EvalSet
+    from scilayers.experiments._uq import _issue_steps
+
+    es = EvalSet("id", np.zeros((2, 23, 1)), start=2)  # 20 steps after the start
+    cfg = TINY.replace(main_horizon=5)
+    assert _issue_steps(cfg, es) == [2]
+    assert _issue_steps(cfg.replace(uq_windows=3), es) == [2, 7, 12]
+    assert _issue_steps(cfg.replace(uq_windows=9), es) == [2, 7, 12, 17]
+    assert _issue_steps(cfg.replace(uq_windows=9, main_horizon=10), es) == [2, 12]
+    with pytest.raises(ValueError, match="uq_windows"):
+        cfg.replace(uq_windows=0)
 
 
 def test_poorly_identified_entries_of_an_array_param_mark_the_param():

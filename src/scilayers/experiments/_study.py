@@ -67,10 +67,13 @@ class StudyConfig:
       `uq_members` members (θ_s starts jittered by `uq_jitter` in unconstrained units),
       each rolled out `uq_samples` times with AR(1) model error (5 x 8 = 40 draws: enough
       for a 95 % rank interval, `scilayers.metrics.interval`); scored on the first
-      `uq_trajectories` trajectories of each set. ``bayes``: NUTS over θ_s of the trained
-      ``hybrid_joint`` on `bayes_trajectories` training trajectories cut into windows of
-      `bayes_horizon` steps (`bayes_chains` chains, `bayes_warmup` + `bayes_samples`
-      draws), then `uq_members` posterior draws as the predictive ensemble.
+      `uq_trajectories` trajectories of each set, each issuing `uq_windows` forecasts
+      `main_horizon` steps apart (as many as the set's length allows; more windows, less
+      sampling noise in the scores, where one window per trajectory leaves few).
+      ``bayes``: NUTS over θ_s of the trained ``hybrid_joint`` on `bayes_trajectories`
+      training trajectories cut into windows of `bayes_horizon` steps (`bayes_chains`
+      chains, `bayes_warmup` + `bayes_samples` draws), then `uq_members` posterior draws
+      as the predictive ensemble.
       `uq_rolling` (forecasts issued in time, `EvalSet.t0`): each forecast's spread is
       recalibrated on the forecasts of its set already verified when it is issued, once
       there are `uq_rolling` of them (the validation windows' calibration before that; 0:
@@ -110,6 +113,7 @@ class StudyConfig:
     uq_members: int = 5
     uq_samples: int = 8
     uq_trajectories: int = 32
+    uq_windows: int = 1
     uq_jitter: float = 0.2
     uq_rolling: int = 0
     bayes_trajectories: int = 4
@@ -132,6 +136,8 @@ class StudyConfig:
                 f"uq_members must be >= 2 and uq_samples >= 1, got {self.uq_members}, "
                 f"{self.uq_samples}."
             )
+        if not (isinstance(self.uq_windows, int) and self.uq_windows >= 1):
+            raise ValueError(f"uq_windows must be an integer >= 1, got {self.uq_windows!r}.")
         if not (isinstance(self.extend_rounds, int) and self.extend_rounds >= 0):
             raise ValueError(f"extend_rounds must be an integer >= 0, got {self.extend_rounds!r}.")
         if self.hybrid_train is not None and not isinstance(self.hybrid_train, TrainConfig):

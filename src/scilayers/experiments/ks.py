@@ -77,6 +77,10 @@ class KSConfig(StudyConfig):
     lyapunov_trajectories: int = 4
     lyapunov_steps: int = 1200
     lyapunov_transient: int = 200
+    # UQ scored from every start main_horizon steps apart that fits in corr_steps (5 of 40
+    # steps, 0.84 Lyapunov times each): from one start per trajectory, the 12 windows per
+    # set of quick gave spread/skill 1.52 in domain, on calibration windows fitted to 1
+    uq_windows: int = 5
 
     def __post_init__(self):
         super().__post_init__()
@@ -134,6 +138,9 @@ PRESETS: dict[str, KSConfig] = {
         closure_variants=("unrestricted", "orthogonal", "ks-odd"),
         emulator_steps=6000,
         train=_TRAIN.replace(steps=600, val_every=50),
+        # the hybrids (and their ablations) 1200 steps: at 600 hybrid_joint was still
+        # improving (quick's study of the budget above)
+        hybrid_train=_TRAIN.replace(steps=1200, val_every=50),
         pinn=PINNConfig(adam_steps=3000, lbfgs_steps=1500),
     ),
     # The study's first design (dispersive truth, travelling waves), run by the engine, to

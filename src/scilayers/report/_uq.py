@@ -50,8 +50,8 @@ def uq_section(results: Results) -> str:
     how = uq.get("description") or (
         f"deep ensembles of {uq.get('members')} members (one vectorised program), each "
         f"rolled out {uq.get('samples_per_member')} times with a zero-mean AR(1) model "
-        "error fitted to one-step residuals on half of the validation trajectories, the "
-        "spread then recalibrated per lead time on the other half (EMOS: spread/skill 1, a "
+        "error fitted to one-step residuals on the validation trajectories, the "
+        "spread then recalibrated per lead time on them (EMOS: spread/skill 1, a "
         "floor of the typical spread for nominal 90 % coverage; `sl.uq.fit_spread_scale`)"
         if kind == "ensemble"
         else f"the NUTS posterior of θ_s (network fixed at its trained weights): "
@@ -65,9 +65,11 @@ def uq_section(results: Results) -> str:
             f"already verified when it was issued, once there are {uq['rolling']} of them "
             f"(a rolling EMOS; no truth after a forecast's issue time)"
         )
+    w = int(uq.get("windows_per_trajectory") or 1)
+    windows = (f", each issuing up to {w} forecasts {lead} steps apart" if w > 1 else "")
     out = [
         f"Method: {how}. Scored on the first {uq.get('trajectories')} trajectories of each "
-        f"set. PICP: fraction of the truth inside the central interval (nominal 0.50 / "
+        f"set{windows}. PICP: fraction of the truth inside the central interval (nominal 0.50 / "
         f"0.90 / 0.95); spread/skill: ensemble spread over the RMSE of the ensemble mean "
         f"(1 is calibrated, < 1 over-confident).",
         "",
