@@ -95,6 +95,16 @@ def test_convergence_of_an_extended_run_is_judged_on_its_last_round():
     assert not _convergence(hist([4, 3, 2, 1.5, 1.4, 1.3, 1.2, 1.0]), False)["converged"]
     out = _convergence(hist([4, 2, 1.0, 0.96], [0, 0, 0, 1]), False)
     assert out["extensions"] == 1 and out["final_loss"] == 0.96
+    # two fits in a row (the sequential hybrid: calibration, then its net), then extension
+    # rounds: the net's validations only, judged by the round rule (the last round is 1 %
+    # better: a plateau; the quarter rule would read 0.79 against 0.85 as none)
+    two = {"val_loss": [9, 8, 7, 6, 2.0, 1.5, 1.2, 1.0, 0.9, 0.85, 0.8, 0.79],
+           "val_step": [1, 2, 3, 4, 1, 2, 3, 4, 5, 6, 7, 8], "val_round": [0] * 10 + [1, 2],
+           "step": list(range(10))}  # fmt: skip
+    out = _convergence(two, False)
+    assert out["converged"] and out["extensions"] == 2 and out["final_loss"] == 0.79
+    worse = {**two, "val_loss": two["val_loss"][:-1] + [0.7]}  # the last round 12 % better
+    assert not _convergence(worse, False)["converged"]
 
 
 def test_theta_is_read_from_the_params(study):

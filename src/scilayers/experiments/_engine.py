@@ -332,13 +332,15 @@ def _convergence(history: dict, early_stopped: bool) -> dict:
     """Final (best) validation loss and whether training reached a plateau."""
     val = np.asarray(history.get("val_loss", []), dtype=float)
     vstep = np.asarray(history.get("val_step", []), dtype=float)
+    rounds = np.asarray(history.get("val_round", []), dtype=int)
     if vstep.size > 1 and (np.diff(vstep) <= 0).any():  # several fits in a row: the last
-        val = val[int(np.nonzero(np.diff(vstep) <= 0)[0][-1]) + 1 :]
+        cut = int(np.nonzero(np.diff(vstep) <= 0)[0][-1]) + 1
+        rounds = rounds[cut:] if rounds.size == val.size else rounds
+        val = val[cut:]
     steps = int(len(history.get("step", [])))
     if val.size < 4:
         data = np.asarray(history.get("data", [np.nan]), dtype=float)
         return {"final_loss": float(data[-1]), "converged": early_stopped, "steps": steps}
-    rounds = np.asarray(history.get("val_round", []), dtype=int)
     if rounds.size == val.size and rounds.size and rounds.max() > 0:  # trained on: the last
         last = np.nanmin(val[rounds == rounds.max()])  # extension against all before it
         before = np.nanmin(val[rounds < rounds.max()])

@@ -391,7 +391,7 @@ def _cycles(x, t, first: int, count: int, length: int):
     return np.stack([x[i : i + length + 1] for i in idx]), np.asarray([t[i] for i in idx])
 
 
-def _measured(x, std, rng):
+def _with_noise(x, std, rng):
     """``x`` with Gaussian measurement noise of standard deviation ``std`` (float32)."""
     return (x + std * rng.standard_normal(x.shape)).astype(np.float32)
 
@@ -578,7 +578,7 @@ class HemodynamicsStudy(AbstractStudy):
         std = s.std(0, keepdims=True) + 1e-6
 
         def noisy(x):
-            return _measured(x, c.noise * std, rng)
+            return _with_noise(x, c.noise * std, rng)
 
         train, train_t0 = _cycles(s, t, 0, c.train_cycles, L)
         val, val_t0 = _cycles(s, t, c.train_cycles * L, c.val_cycles, L)
@@ -754,7 +754,7 @@ class HemodynamicsStudy(AbstractStudy):
         for patient in range(c.patients):
             s, t = self._simulate(patient, 1.0, 1.0, c.train_cycles)
             rng = np.random.default_rng([c.data_seed, 7, patient])
-            s = _measured(s, c.noise * (s.std(0, keepdims=True) + 1e-6), rng)
+            s = _with_noise(s, c.noise * (s.std(0, keepdims=True) + 1e-6), rng)
             data, t0 = _cycles(s, t, 0, c.train_cycles, L)
             fit = calibrate(self.physics(), data, tc, t0=t0, progress=progress)
             learned = {k: np.asarray(v, dtype=float).reshape(-1)
