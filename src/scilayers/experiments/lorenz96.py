@@ -76,6 +76,9 @@ class Lorenz96Config(StudyConfig):
     spinup: float = 10.0
     trajectories: int = 160
     ood_trajectories: int = 32
+    # UQ scored from every start main_horizon steps apart that fits in corr_steps (4 of 10
+    # steps), not only the first: 4x the windows per set for the coverage and spread/skill
+    uq_windows: int = 4
     data_seed: int = 0
     advection_prior: float = 1.0
     damping_prior: float = 1.0
