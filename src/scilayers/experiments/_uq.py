@@ -106,23 +106,16 @@ def _members(study: AbstractStudy, problem: Problem, method: str, seed: int):
     return members, tc.replace(strategy=strategy)
 
 
-def _calibration_windows(problem: Problem) -> np.ndarray:
-    """The calibration trajectories (`Problem.calibration`: the validation trajectories
-    unless the study gives longer ones), all of them, both to fit the model error and to
-    calibrate it. Held out from training and test alike, so the spread is tuned out of
-    sample; the one-step residuals the AR(1) is fitted on and the lead-time errors the
-    spread is calibrated on are different statistics, while splitting the few trajectories
-    in two doubled the calibration's sampling error (KS quick, 6 of 12 trajectories: test
-    spread/skill 1.30 at the main lead, on the other 6 1.22, with 1.0 on the 6 it was fitted
-    on; with all 12: test 1.14)."""
-    return np.arange(int(np.shape(problem.calibration[0])[0]))
-
-
 class _ErrorModel:
     """AR(1) model error from one-step residuals on validation data: one process per state
     component, and one pooled over components for a set on another grid. It is fitted and
-    calibrated on the calibration trajectories (`_calibration_windows`), never on a test
-    set.
+    calibrated on every calibration trajectory (`Problem.calibration`: the validation
+    trajectories unless the study gives longer ones), held out from training and test
+    alike. The one-step residuals the AR(1) is fitted on and the lead-time errors the spread
+    is calibrated on are different statistics, while splitting the few trajectories in two
+    doubled the calibration's sampling error (KS quick, 6 of 12 trajectories: test
+    spread/skill 1.30 at the main lead, on the other 6 1.22, with 1.0 on the 6 it was fitted
+    on; with all 12: test 1.14).
 
     Where the study measures only some components (`Problem.observed`), only their truth
     is used: the AR(1) of an unmeasured component is the one pooled over the measured
@@ -130,12 +123,11 @@ class _ErrorModel:
     labels), and the spread factors are fitted on the measured ones."""
 
     def __init__(self, models: list, problem: Problem, groups: np.ndarray | None = None):
-        fit_on = self.calibrate_on = _calibration_windows(problem)
         self.groups = groups
         self.observed = problem.observed
         windows, starts = problem.calibration
-        val = jnp.asarray(np.asarray(windows)[fit_on])
-        t0 = None if starts is None else jnp.asarray(np.asarray(starts)[fit_on])
+        val = jnp.asarray(windows)
+        t0 = None if starts is None else jnp.asarray(starts)
         res = np.concatenate(
             [np.asarray(one_step_residuals(m, val, t0 if takes_time(m) else None)) for m in models]
         )
@@ -176,7 +168,7 @@ class _ErrorModel:
         that would give fewer than 4 windows per trajectory (short trajectories, e.g. one
         cardiac cycle: every phase then appears)."""
         windows_all, starts_all = problem.calibration
-        val = np.asarray(windows_all)[self.calibrate_on]
+        val = np.asarray(windows_all)
         lead = int(min(lead, val.shape[1] - 1))
         room, step = val.shape[1] - lead, max(1, lead // 2)
         starts = list(range(0, room, step if room > 3 * step else 1))
@@ -185,7 +177,7 @@ class _ErrorModel:
         truth = windows[:, -1]
         t0 = None
         if starts_all is not None and takes_time(models[0]):
-            vt0 = np.asarray(starts_all)[self.calibrate_on]
+            vt0 = np.asarray(starts_all)
             t0 = jnp.asarray(np.concatenate([vt0 + s * dt for s in starts]))
         stacked = stack_members(models)
         shape = tuple(val.shape[2:])
@@ -300,7 +292,7 @@ def _issue_steps(cfg, es) -> list[int]:
 def _forecasts(study: AbstractStudy, problem: Problem, models: list, error, seed: int):
     """Sampled rollouts of every model (moved to each set) from each set's forecast starts
     (`_issue_steps`, window-major: all trajectories of the first, then the next), scored."""
-    from ._engine import pad_batch, start_times, transfer
+    from ._engine import pad_batch, transfer
 
     cfg = study.cfg
     n = cfg.main_horizon
@@ -315,17 +307,16 @@ def _forecasts(study: AbstractStudy, problem: Problem, models: list, error, seed
         b, starts = min(cfg.uq_trajectories, es.data.shape[0]), _issue_steps(cfg, es)
         stacked = stack_members([transfer(study, m, es) for m in models])
         u0 = jnp.concatenate([jnp.asarray(es.data[:b, s]) for s in starts])
-        t0 = start_times(es, models[0], cfg.dt, b)
-        if t0 is not None:
-            t0 = jnp.concatenate([t0 + (s - es.start) * cfg.dt for s in starts])
+        issued = None if es.t0 is None else np.concatenate(
+            [np.asarray(es.t0)[:b] + s * cfg.dt for s in starts])  # fmt: skip
+        t0 = jnp.asarray(issued) if issued is not None and takes_time(models[0]) else None
         fc = ensemble_forecast(stacked, pad_batch(u0, size), n, _key(f"forecast/{name}", seed),
                                t0=pad_batch(t0, size), samples=cfg.uq_samples,
                                error=error.on(es.state_shape))  # fmt: skip
         if size > u0.shape[0]:
             fc = fc._replace(samples=fc.samples[:, :, : u0.shape[0]])
         truth = np.concatenate([es.data[:b, s : s + n + 1] for s in starts])
-        if cfg.uq_rolling and es.t0 is not None:  # issue times, whatever the model takes
-            issued = np.concatenate([np.asarray(es.t0)[:b] + s * cfg.dt for s in starts])
+        if cfg.uq_rolling and issued is not None:  # issue times, whatever the model takes
             pred, refits = error.recalibrate_rolling(fc.prediction(), truth, issued,
                                                      n * cfg.dt, cfg.uq_rolling)  # fmt: skip
             error.rolling[name] = refits
