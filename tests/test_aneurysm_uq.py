@@ -15,7 +15,7 @@ TINY = PRESETS["quick"].replace(
     steps_per_cycle=320, record_phases=8, obs_phases=4, truth_cycles=2, eval_cycles=2,
     wall_points=24, iterations=2, gn_refresh=2, spinup_cycles=1, refine=1, noise=0.03,
     ood=(), methods=("hybrid_joint",), max_seeds=1, uq="ensemble", uq_members=3,
-    uq_samples=8, uq_jitter=0.15, wall="halfway",
+    uq_samples=8, uq_jitter=0.15, wall="halfway", uq_error_refine=2,
 )  # fmt: skip
 # Halfway walls: the same training algorithm as with Bouzidi walls (the study's default),
 # compiled in half the time.
@@ -74,6 +74,9 @@ def test_uq_block_has_the_schema_of_the_other_studies(ensemble):
     assert 0.0 <= t["gaussian_90"]["picp"] <= 1.0 and t["gaussian_90"]["width_rel"] > 0
     assert t["members_range"]["nominal"] == pytest.approx(0.5)  # (M - 1)/(M + 1), M = 3
     assert entry["error_model"]["sigma"] >= 0 and entry["train_seconds"] > 0
+    em = entry["error_model"]
+    assert em["refine"] == 2 and "id" in em["sigma_rms_by_set"]
+    assert 0.0 <= em["constant_sigma_scores"]["id"]["picp_90"] <= 1.0  # the comparison
     assert arrays["id"].shape == (4, 8) and arrays["tawss_id"].shape[0] == 7
     names = [t["name"] for t in _uq.targets({"uq": uq, "eval_sets": ["id"]})]
     assert any("PICP90 in domain" in n for n in names)
@@ -104,3 +107,46 @@ def test_bayes_is_refused_with_the_reason():
         PRESETS["quick"].replace(uq="bayes")
     with pytest.raises(ValueError, match="uq_members"):
         PRESETS["quick"].replace(uq="ensemble", uq_members=1)
+
+
+def test_shaped_model_error_covers_where_the_error_is_large():
+    """An error whose size varies over points (as the lattice's error follows the flow):
+    σ_m shaped by it keeps spread/skill 1 overall and covers 90 % both where the error is
+    small and where it is large; a constant σ_m of the same fit over-covers the first and
+    under-covers the second."""
+    rng = np.random.default_rng(1)
+    true = rng.standard_normal((16, 2, 400))
+    shape = np.broadcast_to(np.exp(rng.uniform(-1.5, 1.5, (16, 1, 400))), true.shape)
+    bias = 0.3 * shape * rng.standard_normal(true.shape)  # what every member gets wrong
+    members = true + bias + 0.02 * rng.standard_normal((4, *true.shape))
+    val = true + 0.2 * rng.standard_normal(true.shape)
+    M = members.shape[0]
+    big = shape > np.quantile(shape, 0.75)
+    small = shape < np.quantile(shape, 0.25)
+
+    def coverage(err, sigma):
+        std = np.sqrt((1 + 1 / M) * members.var(0, ddof=1) + sigma**2)
+        inside = np.abs(members.mean(0) - true) <= 1.645 * std
+        ss = spread_skill(true, GaussianPrediction(members.mean(0), std))
+        return inside[small].mean(), inside[big].mean(), ss
+
+    shaped = _uq.fit_model_error(members, val, 0.2, shape)
+    lo, hi, ss = coverage(shaped, shaped["scale"] * shape)
+    assert 0.85 <= lo <= 0.96 and 0.85 <= hi <= 0.95 and ss == pytest.approx(1.0, abs=0.1)
+    flat = _uq.fit_model_error(members, val, 0.2)
+    lo, hi, _ = coverage(flat, flat["sigma"])
+    assert lo > 0.98 and hi < 0.8
+    # the rms of the shaped σ_m is the constant one: both fit the same skill
+    assert shaped["sigma"] == pytest.approx(flat["sigma"])
+
+
+def test_discretisation_error_vanishes_on_the_models_own_lattice(ensemble):
+    """``refine = 1``: the "finer" lattice is the coarse one, so the estimate is zero; with
+    ``refine = 2`` it is not (the coarse lattice has an error to estimate)."""
+    study, lat, *_ = ensemble
+    rheology = _uq.mean_rheology(_uq.hybrid_members(study, lat, 0))
+    case = study.cases()[0]
+    assert np.abs(_uq.discretisation_error(study, rheology, case, 1)).max() == 0.0
+    d = _uq.discretisation_error(study, rheology, case, 2)
+    assert d.shape == (TINY.record_phases, 2, *lat.shape)
+    assert np.abs(d).max() > 1e-3 * study.speed_ref

@@ -85,7 +85,9 @@ class AneurysmConfig:
     **Uncertainty** (`_uq`): `uq` is ``"none"`` or ``"ensemble"`` (``"bayes"`` is refused
     with the reason): `hybrid_joint` again as `uq_members` members trained as one vmapped
     program (θ_s starts jittered by `uq_jitter` in log units), each sampled `uq_samples`
-    times with an observation-space model error calibrated on a validation acquisition.
+    times with an observation-space model error calibrated on a validation acquisition;
+    `uq_error_refine` (> 1) shapes that error by the coarse lattice's discretisation error,
+    estimated against the physics on a lattice that many times finer (1: a constant σ_m).
     """
 
     preset: str = "quick"
@@ -137,6 +139,7 @@ class AneurysmConfig:
     uq: str = "none"
     uq_members: int = 4
     uq_samples: int = 10
+    uq_error_refine: int = 2
     uq_jitter: float = 0.15
 
     def __post_init__(self):
@@ -144,6 +147,9 @@ class AneurysmConfig:
             raise ValueError(BAYES_UNSUPPORTED)
         if self.uq not in ("none", "ensemble"):
             raise ValueError(f"uq must be 'none' or 'ensemble', got {self.uq!r}.")
+        if not (isinstance(self.uq_error_refine, int) and self.uq_error_refine >= 1):
+            raise ValueError(f"uq_error_refine must be an integer >= 1, got "
+                             f"{self.uq_error_refine!r}.")  # fmt: skip
         if self.uq_members < 2 or self.uq_samples < 1 or not self.uq_jitter >= 0:
             raise ValueError(
                 f"uq_members must be >= 2, uq_samples >= 1 and uq_jitter >= 0, got "
