@@ -372,9 +372,14 @@ def tawss_intervals(study, lat, members_wss: np.ndarray, truth_wss: np.ndarray) 
     }  # fmt: skip
 
 
+def _member_theta(members: list) -> dict[str, list[float]]:
+    """Each Carreau θ_s of every member: ``{name: [value per member]}``."""
+    return {k: [float(slp.values(m.lbm.model.rheology)[k]) for m in members] for k in CARREAU}
+
+
 def mean_rheology(members: list) -> Carreau:
     """The Carreau law of the members' geometric-mean θ_s."""
-    rows = {k: [float(slp.values(m.lbm.model.rheology)[k]) for m in members] for k in CARREAU}
+    rows = _member_theta(members)
     return Carreau(**{k: float(np.exp(np.mean(np.log(v)))) for k, v in rows.items()})
 
 
@@ -383,7 +388,7 @@ def theta_block(members: list, ident: dict, true_theta: dict) -> dict:
     the viscosities at the study's shear rates and K as derived rows."""
     poorly = set(ident.get("poorly_identified", []))
     combos = ident.get("combinations", {})
-    rows = {k: [float(slp.values(m.lbm.model.rheology)[k]) for m in members] for k in CARREAU}
+    rows = _member_theta(members)
     thetas = [{k: rows[k][i] for k in CARREAU} for i in range(len(members))]
     derived = {"K": ([power_law_consistency(t) for t in thetas], power_law_consistency(true_theta),
                      combos.get("K", {}).get("identified"))}  # fmt: skip
@@ -449,7 +454,6 @@ def ensemble_block(study, truth, obs, cells, cases, ident, seed: int, log):
     shape_s = time.perf_counter() - t2
     val_shape = error_shape(shapes["id"][..., val_cells]) if shapes else None
     error = fit_model_error(at_val, val_obs, cfg.noise * study.speed_ref, val_shape)
-    flat = fit_model_error(at_val, val_obs, cfg.noise * study.speed_ref) if shapes else None
     sets, tawss, shown, constant = {}, {}, {}, {}
     key = jax.random.fold_in(jax.random.key(seed), 7_002)
     for j, case in enumerate(cases):
@@ -458,15 +462,15 @@ def ensemble_block(study, truth, obs, cells, cases, ident, seed: int, log):
         vel, wss, _ = preds[case.name]
         ens = vel.reshape(len(kept), P, 2, -1)[..., ocells]
         true = truth[case.name]["vel"].reshape(P, 2, -1)[:, :, ocells]
-        sigma = (error["scale"] * error_shape(shapes[case.name][..., ocells]) if shapes
-                 else error["sigma"])  # fmt: skip
+        sigma = error["sigma"]  # constant; with a shape, its rms over the validation points
         if shapes:
+            sigma = error["scale"] * error_shape(shapes[case.name][..., ocells])
             error.setdefault("sigma_rms_by_set", {})[case.name] = float(np.sqrt(np.mean(sigma**2)))
+            # the same members and draws with the constant σ_m, for comparison
+            alt = sample(ens, error["sigma"], cfg.uq_samples, jax.random.fold_in(key, j))
+            constant[case.name] = (true[None], EnsemblePrediction(alt[:, None]))
         draws = sample(ens, sigma, cfg.uq_samples, jax.random.fold_in(key, j))
         sets[case.name] = (true[None], EnsemblePrediction(draws[:, None]))
-        if flat is not None:  # the same members with a constant σ_m, for comparison
-            alt = sample(ens, flat["sigma"], cfg.uq_samples, jax.random.fold_in(key, j))
-            constant[case.name] = (true[None], EnsemblePrediction(alt[:, None]))
         t = tawss_intervals(study, clat, wss, truth[case.name]["wss"])
         shown[f"tawss_{case.name}"] = np.stack(t.pop("_arrays")).astype(np.float32)
         tawss[case.name] = t
