@@ -57,17 +57,29 @@ def _field_loss(f, key, data, consts):
     return fit + lam_div * jnp.mean(d * d)
 
 
-@eqx.filter_jit
-def _field_step(f, state, key, lr, data, consts):
+def _field_step_impl(f, state, key, lr, data, consts):
     loss, g = eqx.filter_value_and_grad(_field_loss)(f, key, data, consts)
     upd, state = _ADAM.update(g, state)
     upd = jax.tree_util.tree_map(lambda u: -lr * u, upd)
     return eqx.apply_updates(f, upd), state, loss
 
 
+_field_step = eqx.filter_jit(_field_step_impl)
+# the same step for an ensemble: fields, Adam states and keys with a leading member axis
+_MEMBERS = eqx.if_array(0)
+_fields_step = eqx.filter_jit(
+    eqx.filter_vmap(_field_step_impl, in_axes=(_MEMBERS, _MEMBERS, 0, None, None, None))
+)
+
+
 @eqx.filter_jit
 def _field_on_grid(f, X, Y, phases):
     return jax.vmap(jax.vmap(f, (0, 0, None)), (None, None, 0))(X, Y, phases)
+
+
+_fields_on_grid = eqx.filter_jit(
+    eqx.filter_vmap(_field_on_grid, in_axes=(_MEMBERS, None, None, None))
+)
 
 
 @eqx.filter_jit

@@ -21,6 +21,7 @@ from ...data import code_fingerprint
 from ...models import Carreau, Newtonian, SidewallAneurysm, Waveform
 from ...models._rheology import BLOOD_DENSITY
 from ...solvers import tawss_osi
+from ...uq import stack_members
 from .._common import RunCache, write_json
 from .._study import AbstractStudy
 from . import _report, _uq
@@ -35,7 +36,14 @@ from ._config import (
     Lattice,
     synthetic_waveform,
 )
-from ._field import NeuralField, _field_on_grid, _field_step, _field_wss
+from ._field import (
+    NeuralField,
+    _field_on_grid,
+    _field_step,
+    _field_wss,
+    _fields_on_grid,
+    _fields_step,
+)
 from ._geometry import closure_geometry, restrict
 from ._identifiability import _prior_vectors, fisher_block
 from ._lattice import (
@@ -316,15 +324,23 @@ class AneurysmStudy(AbstractStudy):
                                   slp.fix(trained.lbm.model.rheology, False))  # fmt: skip
         return trained, history, losses, time.perf_counter() - t_start
 
-    def train_field(self, lat: Lattice, obs, cells, seed: int, log):
+    def train_field(self, lat: Lattice, obs, cells, seed: int, log, members: int | None = None):
         """Fit `NeuralField` to the observations (Adam, a soft divergence penalty on random
-        fluid cells at the observed phases)."""
+        fluid cells at the observed phases). With ``members = M``: a deep ensemble of M
+        fields (own initialisation and collocation draws, keys split from the seed's) trained
+        as one vmapped program; the fields come back stacked (`scilayers.uq.member`), the
+        losses per member."""
         cfg = self.cfg
         t_start = time.perf_counter()
         key = jax.random.key(seed)
-        mlp = eqx.nn.MLP(2 + 2 * cfg.nf_harmonics, 2, cfg.nf_width, cfg.nf_depth,
-                         activation=jnp.tanh, key=key)  # fmt: skip
-        field = NeuralField(mlp, lat.case.geometry, cfg.length, self.speed_ref, cfg.nf_harmonics)
+        split = None if members is None else jax.random.split(key, members)
+
+        def make(k):
+            mlp = eqx.nn.MLP(2 + 2 * cfg.nf_harmonics, 2, cfg.nf_width, cfg.nf_depth,
+                             activation=jnp.tanh, key=k)  # fmt: skip
+            return NeuralField(mlp, lat.case.geometry, cfg.length, self.speed_ref,
+                               cfg.nf_harmonics)  # fmt: skip
+
         nx, ny = lat.shape
         ci, cj = np.unravel_index(cells, (nx, ny))
         ox, oy = (ci + 0.5) * lat.dx, (cj - 0.5) * lat.dx
@@ -339,15 +355,24 @@ class AneurysmStudy(AbstractStudy):
         data = (X, Y, PH, T, cx, cy, jnp.asarray(phases))
         consts = (self._sigma(), float(cfg.nf_lambda_div), cfg.diameter / self.speed_ref,
                   cfg.nf_batch)  # fmt: skip
-        state = _ADAM.init(eqx.filter(field, eqx.is_inexact_array))
+        init = lambda f: _ADAM.init(eqx.filter(f, eqx.is_inexact_array))  # noqa: E731
+        if members is None:
+            field, step = make(key), _field_step
+            state = init(field)
+            keys_at = lambda it: jax.random.fold_in(key, it)  # noqa: E731
+        else:
+            field, step = stack_members([make(k) for k in split]), _fields_step
+            state = eqx.filter_vmap(init)(field)
+            keys_at = lambda it: jax.vmap(jax.random.fold_in, (0, None))(split, it)  # noqa: E731
         losses = []
         for it in range(cfg.nf_iterations):
             lr = jnp.asarray(_cosine(cfg.nf_lr, it, cfg.nf_iterations, 0.05))
-            field, state, loss = _field_step(field, state, jax.random.fold_in(key, it), lr,
-                                             data, consts)  # fmt: skip
+            field, state, loss = step(field, state, keys_at(it), lr, data, consts)
             if it % 100 == 0 or it == cfg.nf_iterations - 1:
-                losses.append(float(loss))
-        log(f"aneurysm: neural_field seed {seed}: loss {losses[0]:.4g} -> {losses[-1]:.4g}")
+                losses.append(float(loss) if members is None else np.asarray(loss).tolist())
+        first, last = np.median(losses[0]), np.median(losses[-1])
+        many = "" if members is None else f" ({members} members, median)"
+        log(f"aneurysm: neural_field seed {seed}{many}: loss {first:.4g} -> {last:.4g}")
         return field, losses, time.perf_counter() - t_start
 
     # -- evaluation --------------------------------------------------------------------
@@ -367,19 +392,32 @@ class AneurysmStudy(AbstractStudy):
         Kensey viscosity."""
         cfg = self.cfg
         lat = self.lattice(case)
-        nx, ny = lat.shape
-        X, Y = np.meshgrid((np.arange(nx) + 0.5) * lat.dx, (np.arange(ny) - 0.5) * lat.dx,
-                           indexing="ij")  # fmt: skip
-        phases = (np.arange(cfg.record_phases) + 1.0) / cfg.record_phases
-        vel = np.asarray(_field_on_grid(field, jnp.asarray(X.ravel()), jnp.asarray(Y.ravel()),
-                                        jnp.asarray(phases)))  # fmt: skip
-        vel = np.transpose(vel, (0, 2, 1)).reshape(len(phases), 2, nx, ny)
+        X, Y, phases = self._field_grid(lat)
+        vel = np.asarray(_field_on_grid(field, X, Y, phases))
+        vel = np.transpose(vel, (0, 2, 1)).reshape(len(phases), 2, *lat.shape)
         vel = np.where(lat.mask[None, None], vel, 0.0)
         wall = lat.sac_wall(cfg.wall_points)
         pts = np.asarray(wall.points) - np.array([0.0, lat.dx])
         wss = _field_wss(field, jnp.asarray(pts), jnp.asarray(wall.normals),
                          jnp.asarray(wall.tangents), jnp.asarray(phases), Carreau())  # fmt: skip
         return vel, np.asarray(wss, float)
+
+    def evaluate_fields(self, fields: NeuralField, case: Case) -> np.ndarray:
+        """Stacked neural fields (`train_field` with ``members``) on the coarse grid of
+        ``case`` at the recorded phases: ``(M, P, 2, nx, ny)``, one vmapped evaluation."""
+        lat = self.lattice(case)
+        X, Y, phases = self._field_grid(lat)
+        vel = np.asarray(_fields_on_grid(fields, X, Y, phases), float)
+        vel = np.transpose(vel, (0, 1, 3, 2)).reshape(*vel.shape[:2], 2, *lat.shape)
+        return np.where(lat.mask, vel, 0.0)
+
+    def _field_grid(self, lat: Lattice):
+        """Cell centres ``X, Y`` (flattened, x-major) and recorded phases of ``lat``."""
+        nx, ny = lat.shape
+        X, Y = np.meshgrid((np.arange(nx) + 0.5) * lat.dx, (np.arange(ny) - 0.5) * lat.dx,
+                           indexing="ij")  # fmt: skip
+        phases = (np.arange(self.cfg.record_phases) + 1.0) / self.cfg.record_phases
+        return jnp.asarray(X.ravel()), jnp.asarray(Y.ravel()), jnp.asarray(phases)
 
     def scores(self, case: Case, truth: dict, vel, wss) -> tuple[dict, dict]:
         """Metrics (keys without the set prefix) and arrays of one prediction."""
@@ -502,7 +540,7 @@ class AneurysmStudy(AbstractStudy):
                 a.update({f"{k}_{case.name}": v for k, v in arr.items() if k == "tawss"})
             check = (m, a)
             cache.put("coarse_true_theta", seeds[0], m, a)
-        uq = None
+        uq = nf = None
         if cfg.uq == "ensemble":
             uq = cached("uq_ensemble_hybrid_joint", seeds[0])
             if uq is None:
@@ -510,13 +548,22 @@ class AneurysmStudy(AbstractStudy):
                 uq = _uq.ensemble_block(self, truth, obs, cells, cases, ident, seeds[0], log)
                 cache.put("uq_ensemble_hybrid_joint", seeds[0], *uq)
             _uq.log_block(uq[0], log)
+            if "neural_field" in cfg.methods:  # the data-only baseline, as an ensemble too
+                nf = cached("uq_ensemble_neural_field", seeds[0])
+                if nf is None:
+                    obs, _, cells = self.observations(truth["id"], lat_id, seeds[0])
+                    nf = _uq.field_block(self, truth, obs, cells, cases, seeds[0], log)
+                    cache.put("uq_ensemble_neural_field", seeds[0], *nf)
+                _uq.log_block(nf[0], log, "neural_field")
         results = _report.assemble(self, seeds, asked, runs, truth, ident, check, cases)
         arrays = _report.report_arrays(self, runs, truth, cases, check[1])
         if uq is not None:
-            results["uq"] = _uq.wrap(self, uq[0], seeds[0])
+            results["uq"] = _uq.wrap(self, uq[0], seeds[0], None if nf is None else nf[0])
             results["tables"].append(_uq.tawss_table(results["uq"]))
-            results["notes"] += [f"Uncertainty: {n}" for n in uq[0].get("notes", [])]
-            arrays.update({f"uq__hybrid_joint__{k}": v for k, v in uq[1].items()})
+            for name, (entry, shown) in [("hybrid_joint", uq)] + ([("neural_field", nf)] if nf
+                                                                   else []):  # fmt: skip
+                results["notes"] += [f"Uncertainty: {n}" for n in entry.get("notes", [])]
+                arrays.update({f"uq__{name}__{k}": v for k, v in shown.items()})
         np.savez(out / "arrays.npz", **arrays)
         results["figures"] = _report.draw(self, out, results, arrays, cases)
         results["wall_seconds"] = time.perf_counter() - t_start

@@ -37,6 +37,18 @@ scale absorbs the difference. In this synthetic study the lattice is the model's
 error besides θ_s, so the shape is a good one; on patient data model-form error would add
 to it.) With ``uq_error_refine = 1`` σ_m is one constant, used out of domain as is.
 
+**The scale's own uncertainty.** The validation scan pins σ_m down poorly: ``skill² −
+noise²`` is a small difference of large numbers (in the quick study σ_m² = 1.5e-7 m²/s² ±
+2.1e-7 at one standard error, the noise variance 1.4e-5). A plug-in σ_m then gives
+intervals that are right only if the estimate happens to be (measured on the quick study's
+members: the test errors were 1.2–1.4 times the plug-in σ, PICP 90 0.83 in domain). So the
+scale's uncertainty is propagated, as a Bayesian predictive does with a nuisance parameter:
+each of a member's ``uq_samples`` draws takes its own ``σ_m² ~ N(v̂, se²)`` truncated to
+``σ_m² ≥ 0`` (`draw_sigma`: the posterior of σ_m² under a flat prior on ``[0, ∞)``), and
+the shape as above. The scores with σ_m at its point estimate (shaped, and constant) are
+recorded beside the main ones, on the same members and normal draws
+(``error_model.point_scale_scores``, ``error_model.constant_sigma_scores``).
+
 Why not `scilayers.uq.fit_spread_scale` (the other studies' EMOS recalibration): it needs
 the truth of its validation windows, and here the validation truth is only measured
 through the MRI noise, seven times the model error. Its factors must then be fitted to the
@@ -48,6 +60,13 @@ intervals to nothing and widen others (ID PICP90 0.44, spread/skill 1.31, measur
 quick study's members); pooled over phases the factor is 1.00, σ_m again. A scan whose
 noise is small next to the model error (or many repeated scans) would be needed for more
 than σ_m.
+
+**The data-only baseline** (`field_block`, when `neural_field` is among the methods):
+`neural_field` trained again as ``uq_members`` fields in one vmapped program, sampled with
+the same kind of model error fitted on the same validation acquisition (constant: the
+lattice's error is no error of a field's), its scale's uncertainty propagated alike. A
+field knows one geometry, so it is scored on the sets of the training geometry only; it is
+the reference of the study's CRPS target (``uq["baseline_method"]``).
 
 **Scores.** Velocity at the MRI observation points of each set, every recorded phase of the
 last cycle, against the noise-free truth (`scilayers.uq.uq_block`; the phase is the "time"
@@ -296,6 +315,9 @@ def fit_model_error(members_vel, val_obs, noise_std: float, shape=None) -> dict:
         "sigma": math.sqrt(model2),  # rms over the validation points
         "scale": math.sqrt(model2 / max(shape2, 1e-300)),
         "sigma_1se_range": [lo, hi],
+        "variance": skill2 - noise_std**2 - spread2,  # the estimate of σ_m², unclipped
+        "variance_se": se2,
+        "shape_rms": math.sqrt(shape2),
         "validation_rmse": math.sqrt(skill2),
         "noise_std": noise_std,
         "members_spread": math.sqrt(spread2),
@@ -325,10 +347,66 @@ def error_shape(d: np.ndarray) -> np.ndarray:
     return np.broadcast_to(mag, d.shape)
 
 
+def draw_sigma(error: dict, size, key) -> np.ndarray:
+    """Draws of the rms σ_m from its own uncertainty: ``σ_m² ~ N(v̂, se²)`` truncated to
+    ``σ_m² ≥ 0`` — the posterior of σ_m² under a flat prior on ``[0, ∞)`` given the
+    validation estimate ``v̂ = skill² − noise² − spread²`` (``error["variance"]``) and its
+    standard error (``error["variance_se"]``; `fit_model_error`). With ``se = 0`` every draw
+    is the point estimate ``error["sigma"]``."""
+    v, se = float(error["variance"]), float(error["variance_se"])
+    if not se > 0:
+        return np.full(size, error["sigma"])
+    a = -v / se  # the truncation point in standard units
+    if a < 5:
+        xi = np.asarray(jax.random.truncated_normal(key, a, np.inf, size), float)
+        return np.sqrt(np.maximum(v + se * xi, 0.0))
+    # far in the tail the inverse CDF loses precision: Robert's (1995) exact rejection
+    # sampler, x = a + Exp(λ) accepted with probability exp(−(x − λ)²/2)
+    lam = 0.5 * (a + math.sqrt(a * a + 4.0))
+    n, out = int(np.prod(size)), np.empty(0)
+    while out.size < n:
+        key, k1, k2 = jax.random.split(key, 3)
+        x = a + np.asarray(jax.random.exponential(k1, (2 * n,)), float) / lam
+        u = np.asarray(jax.random.uniform(k2, (2 * n,)), float)
+        out = np.concatenate([out, x[u <= np.exp(-0.5 * (x - lam) ** 2)]])
+    return np.sqrt(np.maximum(v + se * out[:n].reshape(size), 0.0))
+
+
 # =========================================================================== the block
+def probe(lat, ocells, true: np.ndarray, draws: np.ndarray) -> np.ndarray:
+    """The generic interval figure's arrays ``(truth, mean, lo 90, hi 90)`` of u_x over the
+    cycle at the observed point nearest the vessel's centreline below the neck."""
+    g = lat.case.geometry
+    ci, cj = np.unravel_index(ocells, lat.shape)
+    d = ((ci + 0.5) * lat.dx - g.neck_x) ** 2 + ((cj - 0.5) * lat.dx - g.diameter / 2) ** 2
+    p = int(np.argmin(d))
+    ux = draws[:, :, 0, p]
+    lo, hi = interval(EnsemblePrediction(ux), 0.9)
+    return np.stack([true[:, 0, p], ux.mean(0), lo, hi]).astype(np.float32)
+
+
+def score_block(sets: dict, compare: dict, error: dict) -> dict:
+    """`uq_block` of the draws (a periodic flow has no lead time: ``at_lead`` holds the
+    cycle, pooled); the scores of each comparison's draws go to
+    ``error["<name>_scores"]``."""
+    block = uq_block(sets, lead=None, skip_initial=False)
+    for s in sets:
+        block[s]["at_lead"] = {"step": None, **{k: block[s][k] for k in CALIBRATION_KEYS}}
+    for name, alt_sets in compare.items():
+        alt = uq_block(alt_sets, lead=None, skip_initial=False, by_step=False,
+                       reliability_diagram=False)  # fmt: skip
+        error[f"{name}_scores"] = {
+            s: {k: alt[s][k] for k in ("picp_50", "picp_90", "picp_95", "mpiw_90", "crps",
+                                       "spread_skill")}  # fmt: skip
+            for s in alt_sets
+        }
+    return block
+
+
 def sample(members_vel: np.ndarray, sigma, samples: int, key) -> np.ndarray:
     """``(M·S, ...)`` draws: each member plus ``samples`` draws of the model error (``sigma``:
-    a number, or per point, broadcastable to a member's shape)."""
+    a number, per point (broadcastable to a member's shape), or per draw and point
+    (broadcastable to ``(M, samples, *member)``))."""
     M = members_vel.shape[0]
     z = np.asarray(jax.random.normal(key, (M, samples, *members_vel.shape[1:])), float)
     return (members_vel[:, None] + sigma * z).reshape(M * samples, *members_vel.shape[1:])
@@ -454,7 +532,7 @@ def ensemble_block(study, truth, obs, cells, cases, ident, seed: int, log):
     shape_s = time.perf_counter() - t2
     val_shape = error_shape(shapes["id"][..., val_cells]) if shapes else None
     error = fit_model_error(at_val, val_obs, cfg.noise * study.speed_ref, val_shape)
-    sets, tawss, shown, constant = {}, {}, {}, {}
+    sets, tawss, shown, compare = {}, {}, {}, {}
     key = jax.random.fold_in(jax.random.key(seed), 7_002)
     for j, case in enumerate(cases):
         clat = study.lattice(case)
@@ -462,41 +540,30 @@ def ensemble_block(study, truth, obs, cells, cases, ident, seed: int, log):
         vel, wss, _ = preds[case.name]
         ens = vel.reshape(len(kept), P, 2, -1)[..., ocells]
         true = truth[case.name]["vel"].reshape(P, 2, -1)[:, :, ocells]
-        sigma = error["sigma"]  # constant; with a shape, its rms over the validation points
+        # σ_m's pattern, rms 1 over the validation points (constant without a shape)
+        unit = 1.0
         if shapes:
-            sigma = error["scale"] * error_shape(shapes[case.name][..., ocells])
-            error.setdefault("sigma_rms_by_set", {})[case.name] = float(np.sqrt(np.mean(sigma**2)))
-            # the same members and draws with the constant σ_m, for comparison
-            alt = sample(ens, error["sigma"], cfg.uq_samples, jax.random.fold_in(key, j))
-            constant[case.name] = (true[None], EnsemblePrediction(alt[:, None]))
-        draws = sample(ens, sigma, cfg.uq_samples, jax.random.fold_in(key, j))
+            unit = error_shape(shapes[case.name][..., ocells]) / error["shape_rms"]
+            error.setdefault("sigma_rms_by_set", {})[case.name] = float(
+                error["sigma"] * np.sqrt(np.mean(unit**2)))  # fmt: skip
+        kz = jax.random.fold_in(key, j)
+        # each draw's rms σ_m from its own uncertainty (the validation scan's sampling error)
+        rms = draw_sigma(error, (len(kept), cfg.uq_samples), jax.random.fold_in(kz, 1))
+        draws = sample(ens, rms[:, :, None, None, None] * unit, cfg.uq_samples, kz)
         sets[case.name] = (true[None], EnsemblePrediction(draws[:, None]))
+        # the same members and normal draws with σ_m at its point estimate, for comparison:
+        # with the shape, and constant
+        for name, u in {"constant_sigma": 1.0, **({"point_scale": unit} if shapes else {})}.items():
+            alt = sample(ens, error["sigma"] * u, cfg.uq_samples, kz)
+            compare.setdefault(name, {})[case.name] = (true[None], EnsemblePrediction(alt[:, None]))
         t = tawss_intervals(study, clat, wss, truth[case.name]["wss"])
         shown[f"tawss_{case.name}"] = np.stack(t.pop("_arrays")).astype(np.float32)
         tawss[case.name] = t
-        # the generic interval figure: u_x over the cycle at the observed point nearest
-        # the vessel's centreline below the neck
-        g = case.geometry
-        nx, ny = clat.shape
-        ci, cj = np.unravel_index(ocells, (nx, ny))
-        d = ((ci + 0.5) * clat.dx - g.neck_x) ** 2 + ((cj - 0.5) * clat.dx - g.diameter / 2) ** 2
-        p = int(np.argmin(d))
-        ux = draws[:, :, 0, p]
-        lo, hi = interval(EnsemblePrediction(ux), 0.9)
-        shown[case.name] = np.stack([true[:, 0, p], ux.mean(0), lo, hi]).astype(np.float32)
-    block = uq_block(sets, lead=None, skip_initial=False)
-    for s in sets:  # a periodic flow has no lead time: the cycle, pooled
-        block[s]["at_lead"] = {"step": None, **{k: block[s][k] for k in CALIBRATION_KEYS}}
+        shown[case.name] = probe(clat, ocells, true, draws)
+    block = score_block(sets, compare, error)
+    for s in sets:
         block[s]["tawss"] = tawss[s]
         block[s]["max_mach"] = preds[s][2]
-    if constant:
-        alt = uq_block(constant, lead=None, skip_initial=False, by_step=False,
-                       reliability_diagram=False)  # fmt: skip
-        error["constant_sigma_scores"] = {
-            s: {k: alt[s][k] for k in ("picp_50", "picp_90", "picp_95", "mpiw_90", "crps",
-                                       "spread_skill")}  # fmt: skip
-            for s in constant
-        }
     block["theta"] = theta_block(kept, ident, cfg.true_theta)
     block["theta_history"] = {k: v.tolist() for k, v in history.items()}
     block["losses"] = losses.tolist()
@@ -527,15 +594,69 @@ def ensemble_block(study, truth, obs, cells, cases, ident, seed: int, log):
         f"{1e3 * error['noise_std']:.3g} mm/s; ± one standard error of the validation "
         f"skill: σ_m in [{1e3 * error['sigma_1se_range'][0]:.2g}, "
         f"{1e3 * error['sigma_1se_range'][1]:.2g}] mm/s); the members alone had "
-        f"spread/skill {error['members_only_spread_skill']:.2f} there.",
+        f"spread/skill {error['members_only_spread_skill']:.2f} there. That uncertainty of "
+        f"σ_m is propagated: each draw takes its own σ_m² from N(estimate, se²) truncated "
+        f"at 0 (its posterior under a flat prior).",
         "TAWSS intervals are the members' alone (no WSS is measured, so no error term is "
         "calibrated for it).",
     ]
     return block, shown
 
 
-def wrap(study, entry: dict, seed: int) -> dict:
-    """``results.json["uq"]``: the block of the other studies, one method."""
+def field_block(study, truth, obs, cells, cases, seed: int, log):
+    """The ``uq`` entry of the data-only baseline, `neural_field`, as a deep ensemble of
+    ``uq_members`` fields (own initialisation and collocation draws; one vmapped program,
+    `AneurysmStudy.train_field`), sampled like hybrid_joint's members with a model error
+    fitted on the same validation acquisition — constant over points and phases (the
+    lattice's discretisation error is no error of a field's), its scale's uncertainty
+    propagated (`draw_sigma`). A field knows one geometry: it is scored on the sets of the
+    training geometry only (in domain and the other heart rate, where it replays the
+    trained cycle over the new period)."""
+    cfg = study.cfg
+    lat = study.lattice(cases[0])
+    t0 = time.perf_counter()
+    log(f"aneurysm: uq ensemble: training {cfg.uq_members} neural_field members (vmapped)")
+    fields, losses, train_s = study.train_field(lat, obs, cells, seed, log,
+                                                members=cfg.uq_members)  # fmt: skip
+    preds = {c.name: study.evaluate_fields(fields, c) for c in cases
+             if c.geometry == cases[0].geometry}  # fmt: skip
+    P, M, S = cfg.record_phases, cfg.uq_members, cfg.uq_samples
+    val_obs, val_cells = validation_data(study, truth["id"], lat, seed)
+    at_val = preds["id"].reshape(M, P, 2, -1)[..., val_cells]
+    error = fit_model_error(at_val, val_obs, cfg.noise * study.speed_ref)
+    key = jax.random.fold_in(jax.random.key(seed), 7_003)
+    sets, compare, shown = {}, {"constant_sigma": {}}, {}
+    for j, case in enumerate(c for c in cases if c.name in preds):
+        clat = study.lattice(case)
+        ocells = study.observation_cells(clat)
+        ens = preds[case.name].reshape(M, P, 2, -1)[..., ocells]
+        true = truth[case.name]["vel"].reshape(P, 2, -1)[:, :, ocells]
+        kz = jax.random.fold_in(key, j)
+        rms = draw_sigma(error, (M, S), jax.random.fold_in(kz, 1))
+        draws = sample(ens, rms[:, :, None, None, None], S, kz)
+        sets[case.name] = (true[None], EnsemblePrediction(draws[:, None]))
+        alt = sample(ens, error["sigma"], S, kz)
+        compare["constant_sigma"][case.name] = (true[None], EnsemblePrediction(alt[:, None]))
+        shown[case.name] = probe(clat, ocells, true, draws)
+    block = score_block(sets, compare, error)
+    block["error_model"] = error
+    block["members"] = M
+    block["losses"] = losses[-1]
+    block["train_seconds"] = train_s
+    block["seconds"] = time.perf_counter() - t0
+    block["notes"] = [
+        f"neural_field as {M} fields trained as one vmapped program ({train_s:.0f} s), "
+        f"model error σ_m = {1e3 * error['sigma']:.3g} mm/s (rms, constant) fitted on the "
+        f"same validation acquisition as hybrid_joint's, its uncertainty propagated; scored "
+        f"on the sets of the training geometry ({', '.join(preds)}).",
+    ]
+    return block, shown
+
+
+def wrap(study, entry: dict, seed: int, field: dict | None = None) -> dict:
+    """``results.json["uq"]``: the block of the other studies — hybrid_joint and, when it
+    ran, the data-only baseline's ensemble (`field_block`), the reference of the CRPS
+    target (``"baseline_method"``)."""
     cfg = study.cfg
     refine = entry["error_model"].get("refine")
     shaped = (f" shaped per point and phase by the coarse lattice's discretisation error (the "
@@ -552,28 +673,34 @@ def wrap(study, entry: dict, seed: int) -> dict:
             f"program), each member sampled {cfg.uq_samples} times with an observation-space "
             f"model error{shaped} (rms σ_m = {1e3 * entry['error_model']['sigma']:.3g} mm/s) "
             f"fitted on a validation acquisition (voxels between the training voxels, every "
-            f"phase, independent noise); scored on the velocity at the MRI observation points of "
+            f"phase, independent noise), each draw with its own σ_m from that fit's "
+            f"uncertainty; scored on the velocity at the MRI observation points of "
             f"each set at all {cfg.record_phases} recorded phases against the noise-free truth"
         ),
         "trajectories": 1,
         "members": cfg.uq_members,
         "samples_per_member": cfg.uq_samples,
         "seed": seed,
-        "baseline": "no pure-data baseline has an ensemble here: neural_field (the study's "
-                    "data-only method) is a single fit, and there is no time-stepping "
-                    "emulator; the CRPS comparison against neural_emulator does not apply.",
-        "methods": {"hybrid_joint": entry},
+        "baseline": (
+            f"the data-only baseline is neural_field (there is no time-stepping emulator), "
+            f"as an ensemble of {field['members']} fields with the same validation-fitted "
+            f"model error (constant); a field knows one geometry, so it is scored in domain "
+            f"and at the other heart rate only" if field else
+            "no pure-data baseline has an ensemble in this run (neural_field not run)"),
+        "baseline_method": "neural_field" if field else None,
+        "methods": {"hybrid_joint": entry, **({"neural_field": field} if field else {})},
     }  # fmt: skip
 
 
-def log_block(entry: dict, log) -> None:
+def log_block(entry: dict, log, method: str = "hybrid_joint") -> None:
     for s, b in entry.items():
         if isinstance(b, dict) and "picp_90" in b:
-            t = b["tawss"]
-            log(f"aneurysm: uq hybrid_joint {s}: PICP90 {b['picp_90']:.3f}, spread/skill "
-                f"{b['spread_skill']:.3f}, CRPS {b['crps']:.3g}; TAWSS 90 % (Gaussian) covers "
-                f"{t['gaussian_90']['picp']:.2f} of the sac wall, width "
-                f"{100 * t['gaussian_90']['width_rel']:.1f} %")  # fmt: skip
+            t = b.get("tawss")
+            wall = "" if t is None else (
+                f"; TAWSS 90 % (Gaussian) covers {t['gaussian_90']['picp']:.2f} of the sac "
+                f"wall, width {100 * t['gaussian_90']['width_rel']:.1f} %")  # fmt: skip
+            log(f"aneurysm: uq {method} {s}: PICP90 {b['picp_90']:.3f}, spread/skill "
+                f"{b['spread_skill']:.3f}, CRPS {b['crps']:.3g}{wall}")  # fmt: skip
 
 
 def targets(results: dict) -> list[dict]:
