@@ -34,17 +34,22 @@ venv: $(PY)
 
 # Install only when needed: an existing, working environment is left untouched.
 install: $(PY)
-	@$(PY) -c "import scilayers, pytest, exponax, ruff" 2>/dev/null \
+	@$(PY) -c "import scilayers, pytest, xdist, exponax, ruff" 2>/dev/null \
 		|| $(PIP) install -e ".[test]"
 
 demo: install
 	$(DEMO_CMD)
 
+# The tests run in parallel, one worker per core (at most 4; pytest-xdist): most of their
+# time is single-threaded XLA compilation. TEST_WORKERS=0 runs them in this process.
+TEST_WORKERS ?= auto
+XDIST := -n $(TEST_WORKERS) --maxprocesses=4 --durations=25
+
 test: install
-	$(TEST_ENV) $(VENV)/bin/pytest -q
+	$(TEST_ENV) $(VENV)/bin/pytest -q $(XDIST)
 
 test-all: install
-	$(TEST_ENV) $(VENV)/bin/pytest -q -m ""
+	$(TEST_ENV) $(VENV)/bin/pytest -q $(XDIST) -m ""
 
 bench: install
 	$(SCILAYERS) bench

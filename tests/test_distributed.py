@@ -168,6 +168,7 @@ def test_sharded_truth_generation_matches_one_device(four_devices):
 # ----------------------------------------------------------- two processes (jax.distributed)
 
 
+@pytest.mark.slow
 def test_two_processes_agree_with_one(tmp_path, reference):
     """Two processes × 2 devices train with the batch split over all 4 devices and end
     with the parameters of one process on one device; only process 0 wrote."""
@@ -345,6 +346,7 @@ def test_memory_plan_picks_the_fastest_policy_that_fits():
     assert explicit.policy == "full" and not explicit.fits and not explicit.chosen
 
 
+@pytest.mark.slow
 def test_fit_follows_the_memory_budget_and_reports_measured_peak():
     """A budget below the `full` estimate makes `fit` unroll with checkpoints: XLA's
     measured peak of the step falls, the parameters after training do not change; an

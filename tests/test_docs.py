@@ -26,7 +26,13 @@ DOCS = ROOT / "docs"
 
 # The pages whose examples run, in the default suite (each well under a minute on two
 # cores); a page too slow for it would be listed with `pytest.mark.slow`.
-EXAMPLE_PAGES = ["index.md", "byo-ode.md", "byo-pde.md", "online.md", "../README.md"]
+# The README's examples run by default; the other pages' (minutes each on 2 slow cores) in
+# `make test-all`.
+EXAMPLE_PAGES = [
+    "../README.md",
+    *(pytest.param(p, marks=pytest.mark.slow) for p in ("index.md", "byo-ode.md", "byo-pde.md",
+                                                       "online.md")),
+]
 
 SKIP_MARKER = "<!-- skip -->"
 _FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>```+|~~~+)\s*(?P<info>[\w+-]*)")

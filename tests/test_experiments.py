@@ -47,6 +47,7 @@ def study(tmp_path_factory):
     return out, results
 
 
+@pytest.mark.slow
 def test_results_follow_the_documented_format(study):
     out, results = study
     on_disk = json.loads((out / "results.json").read_text())
@@ -107,6 +108,7 @@ def test_convergence_of_an_extended_run_is_judged_on_its_last_round():
     assert not _convergence(worse, False)["converged"]
 
 
+@pytest.mark.slow
 def test_theta_is_read_from_the_params(study):
     _, results = study
     prior, truth = values(BurgersStudy(TINY).physics()), values(BurgersStudy(TINY).truth_model())
@@ -124,6 +126,7 @@ def test_theta_is_read_from_the_params(study):
     assert results["methods"]["neural_emulator"]["theta"] == {}
 
 
+@pytest.mark.slow
 def test_reference_forecasts_are_what_they_say(study):
     """The persistence row equals an MSE computed by hand from the evaluation data."""
     _, results = study
@@ -136,6 +139,7 @@ def test_reference_forecasts_are_what_they_say(study):
     assert results["methods"]["persistence"]["id_mse"]["mean"] == pytest.approx(expected)
 
 
+@pytest.mark.slow
 def test_transfer_carries_the_learned_theta(study):
     study_ = BurgersStudy(TINY)
     problem = study_.problem(None, False)
@@ -146,6 +150,7 @@ def test_transfer_carries_the_learned_theta(study):
     assert float(values(moved)["nu"]) == pytest.approx(0.123)
 
 
+@pytest.mark.slow
 def test_seeds_differ_but_a_rerun_reproduces(study, tmp_path):
     _, results = study
     per_seed = results["methods"]["hybrid_joint"]["id_mse"]["per_seed"]
@@ -159,6 +164,7 @@ def test_seeds_differ_but_a_rerun_reproduces(study, tmp_path):
     assert "pinn" not in again["methods"]  # no PINN config: the row is left out, not faked
 
 
+@pytest.mark.slow
 def test_resume_reuses_finished_runs(study):
     out, results = study
     stamp = {p.name: p.stat().st_mtime_ns for p in (out / "runs").glob("*__seed*.json")}
@@ -225,6 +231,7 @@ class _WithBaselines(BurgersStudy):
         return {"extra_block": {"n_methods": len(results["methods"])}}
 
 
+@pytest.mark.slow
 def test_study_baselines_and_model_metrics(tmp_path):
     cfg = TINY.replace(data_sizes=(), lambda_sweep=(0.0,), closure_variants=("orthogonal",),
                        pinn=None)  # fmt: skip
@@ -271,6 +278,7 @@ def test_forecasts_start_at_the_set_time():
     np.testing.assert_allclose(pred[:, -1, 0], [10.0 + 1.0 + 1.5, 20.0 + 1.0 + 1.5])
 
 
+@pytest.mark.slow
 def test_uq_ensemble_block_and_report(tmp_path):
     """``--uq ensemble``: a vectorised ensemble per UQ method, scored per set and lead time,
     with the θ_s spread across members against the truth, and the report's UQ section."""
@@ -356,6 +364,7 @@ def test_uq_targets_read_the_block_at_the_main_lead():
     assert uq_targets(None) == [] and uq_targets({"methods": {}}) == []
 
 
+@pytest.mark.slow
 def test_hybrid_train_is_the_hybrids_and_their_ensembles_budget_only(tmp_path):
     """`StudyConfig.hybrid_train` is the budget of the hybrids (main rows and ablations) and
     of the --uq hybrid ensembles (train_config's default); the calibration, the emulator and

@@ -189,6 +189,7 @@ def _truth(model, key, count=4, steps=30, dt=0.25):
     return jax.vmap(lambda u: sl.rollout(step, u, steps))(warm)
 
 
+@pytest.mark.slow
 def test_physics_loss_vanishes_for_the_true_model_only(key):
     data = _truth(_ks(n=64), key)
     right = sl.solvers.ETDRK4(_ks(n=64), 0.25)
@@ -251,6 +252,7 @@ def test_losses_do_not_import_the_composition_layer():
                 assert not any("hybrid" in a.name for a in node.names), path.name
 
 
+@pytest.mark.slow
 def test_data_orthogonal_projection_is_orthogonal_on_the_reference_states(key):
     """`DataOrthogonal`: over the reference states the projected closure has no component
     along any θ_s sensitivity (a change of θ_s cannot mimic it), a closure that is already

@@ -182,6 +182,7 @@ class Damping(eqx.Module):
         return jnp.stack([jnp.zeros_like(w), -self.delta * w])
 
 
+@pytest.mark.slow
 def test_orthogonal_closure_on_ode_states(key):
     model = Pendulum(sl.Param(0.3, "positive"))
     step = sl.solvers.Diffrax(model, 0.1)

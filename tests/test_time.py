@@ -320,6 +320,7 @@ class Linear(eqx.Module):
         return self.w @ x
 
 
+@pytest.mark.slow
 def test_fit_learns_a_drive_through_a_closure_that_sees_the_forcing(pendulum_data):
     """The physics lacks the drive (A = 0); a closure that sees only the known forcing
     ``cos(Ω t)`` and writes only ω learns its amplitude while γ is recovered jointly."""

@@ -322,6 +322,7 @@ def test_sigkill_then_resume_ends_where_an_uninterrupted_run_ends(tmp_path):
     np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-14)
 
 
+@pytest.mark.slow
 def test_public_step_api_reproduces_fits_first_step(ks_data, key):
     """`split_trainable`, `init_opt_state`, `compiled_train_step` and `loss_weights` (what
     the benchmarks drive) take the same step as `fit`; `Trainable` labels the groups."""
@@ -362,6 +363,7 @@ def test_bench_uses_public_names_only():
     assert bad == []
 
 
+@pytest.mark.slow
 def test_observed_components_are_all_the_data_loss_sees(ks_data):
     """An observation operator: with ``observed`` the loss compares only those components,
     so corrupting the others (after the first state, which every window starts from: the

@@ -751,6 +751,7 @@ def test_spread_scale_says_what_shape_it_needs():
         sl.uq.fit_spread_scale(truth, EnsemblePrediction(np.asarray(ens.samples)[:1]))
 
 
+@pytest.mark.slow
 def test_rolling_recalibration_uses_only_forecasts_verified_before_issue():
     """Forecasts issued every hour and verified 4 h later: forecast i is recalibrated on
     those issued at least 4 h before it (none of its own or later truths), from the 6th
