@@ -357,11 +357,11 @@ def draw_sigma(error: dict, size, key) -> np.ndarray:
     if not se > 0:
         return np.full(size, error["sigma"])
     a = -v / se  # the truncation point in standard units
-    if a < 5:
+    if a < 1:
         xi = np.asarray(jax.random.truncated_normal(key, a, np.inf, size), float)
         return np.sqrt(np.maximum(v + se * xi, 0.0))
-    # far in the tail the inverse CDF loses precision: Robert's (1995) exact rejection
-    # sampler, x = a + Exp(λ) accepted with probability exp(−(x − λ)²/2)
+    # in the tail the inverse CDF loses precision (float32 without x64): Robert's (1995)
+    # exact rejection sampler, x = a + Exp(λ) accepted with probability exp(−(x − λ)²/2)
     lam = 0.5 * (a + math.sqrt(a * a + 4.0))
     n, out = int(np.prod(size)), np.empty(0)
     while out.size < n:
