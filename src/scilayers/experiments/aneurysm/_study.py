@@ -542,16 +542,15 @@ class AneurysmStudy(AbstractStudy):
             cache.put("coarse_true_theta", seeds[0], m, a)
         uq = nf = None
         if cfg.uq == "ensemble":
+            obs, _, cells = self.observations(truth["id"], lat_id, seeds[0])
             uq = cached("uq_ensemble_hybrid_joint", seeds[0])
             if uq is None:
-                obs, _, cells = self.observations(truth["id"], lat_id, seeds[0])
                 uq = _uq.ensemble_block(self, truth, obs, cells, cases, ident, seeds[0], log)
                 cache.put("uq_ensemble_hybrid_joint", seeds[0], *uq)
             _uq.log_block(uq[0], log)
             if "neural_field" in cfg.methods:  # the data-only baseline, as an ensemble too
                 nf = cached("uq_ensemble_neural_field", seeds[0])
                 if nf is None:
-                    obs, _, cells = self.observations(truth["id"], lat_id, seeds[0])
                     nf = _uq.field_block(self, truth, obs, cells, cases, seeds[0], log)
                     cache.put("uq_ensemble_neural_field", seeds[0], *nf)
                 _uq.log_block(nf[0], log, "neural_field")
@@ -560,8 +559,8 @@ class AneurysmStudy(AbstractStudy):
         if uq is not None:
             results["uq"] = _uq.wrap(self, uq[0], seeds[0], None if nf is None else nf[0])
             results["tables"].append(_uq.tawss_table(results["uq"]))
-            for name, (entry, shown) in [("hybrid_joint", uq)] + ([("neural_field", nf)] if nf
-                                                                   else []):  # fmt: skip
+            blocks = {"hybrid_joint": uq, **({"neural_field": nf} if nf else {})}
+            for name, (entry, shown) in blocks.items():
                 results["notes"] += [f"Uncertainty: {n}" for n in entry.get("notes", [])]
                 arrays.update({f"uq__{name}__{k}": v for k, v in shown.items()})
         np.savez(out / "arrays.npz", **arrays)

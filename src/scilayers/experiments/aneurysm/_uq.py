@@ -403,6 +403,22 @@ def score_block(sets: dict, compare: dict, error: dict) -> dict:
     return block
 
 
+def draw_set(name, ens, true, error: dict, unit, alts: dict, samples: int, key, sets: dict,
+             compare: dict) -> np.ndarray:
+    """The draws of one set (members ``ens`` ``(M, P, 2, n)`` plus the model error: each draw's
+    rms σ_m from its own uncertainty, `draw_sigma`, times the pattern ``unit``), put in
+    ``sets[name]`` with the truth; and, on the same members and normal draws, σ_m at its
+    point estimate times each pattern of ``alts`` (``{comparison: pattern}``), put in
+    ``compare[comparison][name]``. Returns the draws ``(M·S, P, 2, n)``."""
+    rms = draw_sigma(error, (ens.shape[0], samples), jax.random.fold_in(key, 1))
+    draws = sample(ens, rms[:, :, None, None, None] * unit, samples, key)
+    sets[name] = (true[None], EnsemblePrediction(draws[:, None]))
+    for alt, pattern in alts.items():
+        a = sample(ens, error["sigma"] * pattern, samples, key)
+        compare.setdefault(alt, {})[name] = (true[None], EnsemblePrediction(a[:, None]))
+    return draws
+
+
 def sample(members_vel: np.ndarray, sigma, samples: int, key) -> np.ndarray:
     """``(M·S, ...)`` draws: each member plus ``samples`` draws of the model error (``sigma``:
     a number, per point (broadcastable to a member's shape), or per draw and point
@@ -546,16 +562,9 @@ def ensemble_block(study, truth, obs, cells, cases, ident, seed: int, log):
             unit = error_shape(shapes[case.name][..., ocells]) / error["shape_rms"]
             error.setdefault("sigma_rms_by_set", {})[case.name] = float(
                 error["sigma"] * np.sqrt(np.mean(unit**2)))  # fmt: skip
-        kz = jax.random.fold_in(key, j)
-        # each draw's rms σ_m from its own uncertainty (the validation scan's sampling error)
-        rms = draw_sigma(error, (len(kept), cfg.uq_samples), jax.random.fold_in(kz, 1))
-        draws = sample(ens, rms[:, :, None, None, None] * unit, cfg.uq_samples, kz)
-        sets[case.name] = (true[None], EnsemblePrediction(draws[:, None]))
-        # the same members and normal draws with σ_m at its point estimate, for comparison:
-        # with the shape, and constant
-        for name, u in {"constant_sigma": 1.0, **({"point_scale": unit} if shapes else {})}.items():
-            alt = sample(ens, error["sigma"] * u, cfg.uq_samples, kz)
-            compare.setdefault(name, {})[case.name] = (true[None], EnsemblePrediction(alt[:, None]))
+        alts = {"constant_sigma": 1.0, **({"point_scale": unit} if shapes else {})}
+        draws = draw_set(case.name, ens, true, error, unit, alts, cfg.uq_samples,
+                         jax.random.fold_in(key, j), sets, compare)  # fmt: skip
         t = tawss_intervals(study, clat, wss, truth[case.name]["wss"])
         shown[f"tawss_{case.name}"] = np.stack(t.pop("_arrays")).astype(np.float32)
         tawss[case.name] = t
@@ -625,18 +634,14 @@ def field_block(study, truth, obs, cells, cases, seed: int, log):
     at_val = preds["id"].reshape(M, P, 2, -1)[..., val_cells]
     error = fit_model_error(at_val, val_obs, cfg.noise * study.speed_ref)
     key = jax.random.fold_in(jax.random.key(seed), 7_003)
-    sets, compare, shown = {}, {"constant_sigma": {}}, {}
+    sets, compare, shown = {}, {}, {}
     for j, case in enumerate(c for c in cases if c.name in preds):
         clat = study.lattice(case)
         ocells = study.observation_cells(clat)
         ens = preds[case.name].reshape(M, P, 2, -1)[..., ocells]
         true = truth[case.name]["vel"].reshape(P, 2, -1)[:, :, ocells]
-        kz = jax.random.fold_in(key, j)
-        rms = draw_sigma(error, (M, S), jax.random.fold_in(kz, 1))
-        draws = sample(ens, rms[:, :, None, None, None], S, kz)
-        sets[case.name] = (true[None], EnsemblePrediction(draws[:, None]))
-        alt = sample(ens, error["sigma"], S, kz)
-        compare["constant_sigma"][case.name] = (true[None], EnsemblePrediction(alt[:, None]))
+        draws = draw_set(case.name, ens, true, error, 1.0, {"constant_sigma": 1.0}, S,
+                         jax.random.fold_in(key, j), sets, compare)  # fmt: skip
         shown[case.name] = probe(clat, ocells, true, draws)
     block = score_block(sets, compare, error)
     block["error_model"] = error
