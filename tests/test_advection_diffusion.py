@@ -366,6 +366,7 @@ def test_gradients_match_finite_differences(synthetic):
         assert abs(auto) > 0
 
 
+@pytest.mark.optimized  # run-bound: compiled with optimisation (conftest.py)
 def test_recovers_wind_and_diffusivity_from_synthetic_data(synthetic):
     """Adam on the raw θ_s from a wrong start (u = 2, v = 1 m/s, κ = 5·10³ m²/s) recovers
     the fixture's u = 6, v = −2 m/s to 2 % and κ = 2·10⁴ m²/s to 10 %, forecasting 6 h

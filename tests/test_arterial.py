@@ -575,6 +575,7 @@ def test_every_shipped_case_loads(name):
 
 
 # ------------------------------------------------------------------------------- CLI
+@pytest.mark.optimized  # run-bound: compiled with optimisation (conftest.py)
 def test_cli_data_arterial_writes_last_cycle(toy, tmp_path):
     out = tmp_path / "toy.nc"
     result = CliRunner().invoke(

@@ -41,8 +41,11 @@ _CLUSTER_VARS = (
 
 def _env(devices: int, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in _CLUSTER_VARS}
-    env.update(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-               JAX_PLATFORMS="cpu", **extra)  # fmt: skip
+    # the device count replaces any the parent had; its other XLA flags (the suite's
+    # optimisation level, conftest.py) carry over
+    flags = [f for f in env.get("XLA_FLAGS", "").split() if "device_count" not in f]
+    flags.append(f"--xla_force_host_platform_device_count={devices}")
+    env.update(XLA_FLAGS=" ".join(flags), JAX_PLATFORMS="cpu", **extra)
     if _DATA:
         env["WORKER_DATA"] = _DATA[0]
     return env

@@ -29,7 +29,7 @@ DOCS = ROOT / "docs"
 # The README's examples run by default; the other pages' (minutes each on 2 slow cores) in
 # `make test-all`.
 EXAMPLE_PAGES = [
-    "../README.md",
+    pytest.param("../README.md", marks=pytest.mark.optimized),  # a 200-step fit: run-bound
     *(pytest.param(p, marks=pytest.mark.slow) for p in ("index.md", "byo-ode.md", "byo-pde.md",
                                                        "online.md")),
 ]

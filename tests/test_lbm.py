@@ -182,6 +182,7 @@ def offset_channel_error(n: int, offset: float, extra: float, wall: str, tau: fl
     return err, abs(float(np.mean(wss)) / (G * width / 2) - 1.0)
 
 
+@pytest.mark.optimized  # run-bound: compiled with optimisation (conftest.py)
 @pytest.mark.parametrize("offset, extra", [(0.2, 0.3), (-0.3, 0.45)])
 def test_bouzidi_walls_second_order_where_halfway_is_first(offset, extra):
     """A channel whose walls sit between cell faces (q = 0.3 and 0.2 / 0.8 and 0.25 of the

@@ -252,6 +252,9 @@ _CHILD = textwrap.dedent(
     import sys, time, jax, numpy as np
     jax.config.update("jax_enable_x64", True)
     import scilayers as sl
+    from scilayers._compile_cache import use_compilation_cache
+    if {cache!r}:  # the suite's cache: the resumed run loads what the first one compiled
+        use_compilation_cache({cache!r})
     sys.path.insert(0, {tests!r})
     from test_training import _hybrid, _child_data, _child_config
     res = sl.fit(_hybrid(jax.random.key(0)), _child_data(), _child_config(),
@@ -278,6 +281,7 @@ def _child_config():
 def _spawn(tmp_path, name, resume):
     script = _CHILD.format(
         tests=os.path.dirname(__file__),
+        cache=jax.config.jax_compilation_cache_dir or "",
         ckpt=str(tmp_path / name),
         resume=resume,
         out=str(tmp_path / f"{name}-{resume}.npy"),
