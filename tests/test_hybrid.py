@@ -289,3 +289,48 @@ def test_data_orthogonal_projection_is_orthogonal_on_the_reference_states(key):
         sl.hybrid.DataOrthogonal(model, ref.at[0, 0].set(jnp.nan))
     with pytest.raises(ValueError, match="no free Param"):
         sl.hybrid.DataOrthogonal(sl.models.Lorenz96(8, forcing=sl.Param(8.0, fixed=True)), ref)
+
+
+def test_data_orthogonal_projection_moves_to_a_longer_domain(key):
+    """`DataOrthogonal.moved_to`: on KS twice as long (twice the points) the moved
+    projection removes ``J(u) c`` with the new grid's sensitivities (``-u_xx``, ``-u_xxxx``
+    there, by FFT) and the coefficients ``c`` fitted on the training references; the
+    unmoved projection refuses the new states; other θ_s are refused; a hybrid moved by
+    the study engine steps on the new domain."""
+    from scilayers.experiments import get_study
+    from scilayers.experiments._engine import transfer
+    from scilayers.experiments._study import EvalSet
+
+    def ks(length, n):
+        a, b = sl.Param(0.8, "positive", name="a"), sl.Param(1.25, "positive", name="b")
+        c = sl.Param(1.0, fixed=True, name="c")
+        return sl.models.KuramotoSivashinsky(length, n, a=a, b=b, c=c, d=None)
+
+    kr, kn, ku = jax.random.split(key, 3)
+    short, long = ks(44.0, 64), ks(88.0, 128)
+    ref = jax.vmap(short.initial_condition)(jax.random.split(kr, 16))
+    proj = sl.hybrid.DataOrthogonal(short, ref)
+    net = sl.nn.PeriodicCNN1d(width=4, depth=1, key=kn, final_scale=1.0)
+    moved = proj.moved_to(long)
+    c = proj.coefficients(net)
+    np.testing.assert_array_equal(moved.coefficients(net), c)  # fitted where trained
+    u = long.initial_condition(ku)
+    k = 2 * jnp.pi * jnp.fft.rfftfreq(128, 88.0 / 128)
+    uxx = jnp.fft.irfft(-(k**2) * jnp.fft.rfft(u), 128)
+    uxxxx = jnp.fft.irfft(k**4 * jnp.fft.rfft(u), 128)
+    removed = -(c[0] * -uxx + c[1] * -uxxxx)
+    tol = 1e-9 * float(jnp.abs(removed).max())
+    np.testing.assert_allclose(moved(net, u) - net(u), removed, atol=tol)
+    assert float(jnp.abs(removed).max()) > 1e-6  # something was removed
+    with pytest.raises(ValueError, match="moved_to"):
+        proj.check(long)
+    with pytest.raises(ValueError, match="free θ_s"):
+        proj.moved_to(sl.params.fix(long, True))
+    # the engine moves a KS hybrid with this closure onto the study's 2x domain
+    study = get_study("ks")(get_study("ks").presets["quick"])
+    hybrid = sl.Hybrid(sl.solvers.ETDRK4(short, 0.25), net, projection=proj)
+    es = EvalSet("ood", np.zeros((1, 2, 128)), 0, {"length": 88.0, "n": 128}, "L = 88")
+    out = transfer(study, hybrid, es)
+    assert out.step.model.n == 128 and out.projection.model.n == 128
+    traj = sl.rollout(out, u, 4)
+    assert traj.shape == (5, 128) and bool(jnp.all(jnp.isfinite(traj)))

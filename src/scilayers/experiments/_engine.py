@@ -241,7 +241,12 @@ def transfer(study: AbstractStudy, model, eval_set: EvalSet):
     if isinstance(model, NeuralStepper):
         return NeuralStepper(model.net, eval_set.state_shape, model.dt, model.scale)
     if isinstance(model, Hybrid):
-        return eqx.tree_at(lambda h: h.step, model, transfer(study, model.step, eval_set))
+        step = transfer(study, model.step, eval_set)
+        out = eqx.tree_at(lambda h: h.step, model, step)
+        if model.projection is None:
+            return out
+        moved = model.projection.moved_to(step.model)
+        return eqx.tree_at(lambda h: h.projection, out, moved)
     fresh = study.physics(eval_set)
     free = {k for k, p in named(fresh).items() if not p.fixed}  # fixed: the set's own (F, L)
     learned = {k: v for k, v in values(model).items() if k in free}

@@ -25,7 +25,7 @@ import numpy as np
 from ..baselines import PINNConfig
 from ..data import KSDataConfig, ks_truth, save_dataset
 from ..data import generate_ks as _generate_ks
-from ..hybrid import OddSignReflection
+from ..hybrid import DataOrthogonal, OddSignReflection
 from ..metrics import lyapunov_exponent
 from ..models import KuramotoSivashinsky
 from ..nn import PeriodicCNN1d
@@ -135,7 +135,7 @@ PRESETS: dict[str, KSConfig] = {
         data_sizes=(1, 4, 16, 64, 256),
         data_seeds=1,
         lambda_sweep=(0.0, 0.1, 1.0),
-        closure_variants=("unrestricted", "orthogonal", "ks-odd"),
+        closure_variants=("unrestricted", "orthogonal", "ks-odd", "data-orthogonal"),
         emulator_steps=6000,
         train=_TRAIN.replace(steps=600, val_every=50),
         # the hybrids (and their ablations) 1200 steps: at 600 hybrid_joint was still
@@ -219,6 +219,7 @@ class KSStudy(AbstractStudy):
             "fine_ood": ood_fine[: c.lyapunov_trajectories, c.context_steps - 1],
             "length_ood": length_ood,
         }
+        self._train_states = u[split == "train"].reshape(-1, c.n)
         return Problem(u[split == "train"], u[split == "val"], sets, info)
 
     def _true_ks(self, length: float, n: int) -> KuramotoSivashinsky:
@@ -297,8 +298,21 @@ class KSStudy(AbstractStudy):
         c = self.cfg
         return self._cnn(key, c.emulator_width, c.emulator_depth, c.emulator_features)
 
+    _train_states: np.ndarray | None = None
+
     def projections(self):
-        return {"ks-odd": OddSignReflection()}
+        """``ks-odd``: the closure odd under u → −u and x → −x (the KS symmetry the missing
+        term has; a study-specific choice). ``data-orthogonal`` (once the truth is read):
+        orthogonal to the sensitivities of a and b on average over 64 training states
+        (`DataOrthogonal`), the general option that removes two degrees of freedom, where
+        the per-state ``orthogonal`` removes the closure's u_xx and u_xxxx content at every
+        state."""
+        out = {"ks-odd": OddSignReflection()}
+        if self._train_states is not None:
+            states = self._train_states
+            pick = np.random.default_rng(self.cfg.data_seed).choice(len(states), 64, replace=False)
+            out["data-orthogonal"] = DataOrthogonal(self.physics().model, states[pick])
+        return out
 
     # -- output ----------------------------------------------------------------------------
     def targets(self, res: dict) -> list[dict]:

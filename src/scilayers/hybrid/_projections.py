@@ -31,6 +31,14 @@ class AbstractProjection(eqx.Module):
     def check(self, model: AbstractModel) -> None:
         """Raise a `ValueError` if the projection is not defined for ``model``'s states."""
 
+    def moved_to(self, model: AbstractModel) -> AbstractProjection:
+        """This projection for ``model``, the same physics on another domain (a longer
+        periodic box, another grid), where a trained hybrid is evaluated out of domain.
+        What it learned or fixed from the training data is kept. Default: itself (a
+        projection that depends on the state alone, such as `OddSignReflection`)."""
+        del model
+        return self
+
 
 class OddSignReflection(AbstractProjection):
     r"""Project a network onto operators odd under sign flip and under reflection.
@@ -204,5 +212,22 @@ class DataOrthogonal(AbstractProjection):
         if tuple(model.state_shape) != tuple(self.model.state_shape):
             raise ValueError(
                 f"DataOrthogonal was built for states of shape {self.model.state_shape}, "
-                f"the model has {model.state_shape}."
+                f"the model has {model.state_shape}; for the same physics on another "
+                f"domain use projection.moved_to(model)."
             )
+
+    def moved_to(self, model: AbstractModel) -> DataOrthogonal:
+        """The projection on ``model``'s domain: ``g(u) = N(u) - J(u) c`` with ``J`` now
+        ``model``'s sensitivities (the same θ_s, on its grid) and ``c`` still fitted on
+        the training references, which stay as they are. This is the closure the
+        training domain learned, with the same component along ``∂f/∂θ`` removed; no
+        state of the new domain enters ``c``."""
+        from ..params import fix, named
+
+        names = tuple(PREFIX + k for k, p in named(model).items() if not p.fixed)
+        if names != self.names:
+            raise ValueError(
+                f"DataOrthogonal.moved_to: the model's free θ_s {names} are not the "
+                f"projection's {self.names}."
+            )
+        return eqx.tree_at(lambda p: p.model, self, _prefixed(fix(model), PREFIX))
