@@ -30,8 +30,8 @@ DOCS = ROOT / "docs"
 # `make test-all`.
 EXAMPLE_PAGES = [
     pytest.param("../README.md", marks=pytest.mark.optimized),  # a 200-step fit: run-bound
-    *(pytest.param(p, marks=pytest.mark.slow) for p in ("index.md", "byo-ode.md", "byo-pde.md",
-                                                       "online.md")),
+    *(pytest.param(p, marks=[pytest.mark.slow, pytest.mark.optimized])
+      for p in ("index.md", "byo-ode.md", "byo-pde.md", "online.md")),
 ]
 
 SKIP_MARKER = "<!-- skip -->"
