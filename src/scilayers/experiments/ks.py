@@ -301,8 +301,10 @@ class KSStudy(AbstractStudy):
     _train_states: np.ndarray | None = None
 
     def projections(self):
-        """``ks-odd``: the closure odd under u → −u and x → −x (the KS symmetry the missing
-        term has; a study-specific choice). ``data-orthogonal`` (once the truth is read):
+        """``ks-odd``: the closure odd under u → −u and x → −x (a study-specific symmetry;
+        the missing ``(u_x²)_x`` is even under u → −u, so this closure cannot express it:
+        the ablation shows what a wrong guess costs). ``data-orthogonal`` (once the truth
+        is read):
         orthogonal to the sensitivities of a and b on average over 64 training states
         (`DataOrthogonal`), the general option that removes two degrees of freedom, where
         the per-state ``orthogonal`` removes the closure's u_xx and u_xxxx content at every
