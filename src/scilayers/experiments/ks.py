@@ -173,6 +173,7 @@ class KSStudy(AbstractStudy):
     presets = PRESETS
     field_kind = "1d"
     cfg: KSConfig
+    _train_states: np.ndarray | None = None  # the coarse training states, once read
 
     # -- truth -----------------------------------------------------------------------------
     def _data_config(self, **overrides) -> KSDataConfig:
@@ -298,17 +299,14 @@ class KSStudy(AbstractStudy):
         c = self.cfg
         return self._cnn(key, c.emulator_width, c.emulator_depth, c.emulator_features)
 
-    _train_states: np.ndarray | None = None
-
     def projections(self):
         """``ks-odd``: the closure odd under u → −u and x → −x (a study-specific symmetry;
         the missing ``(u_x²)_x`` is even under u → −u, so this closure cannot express it:
         the ablation shows what a wrong guess costs). ``data-orthogonal`` (once the truth
-        is read):
-        orthogonal to the sensitivities of a and b on average over 64 training states
-        (`DataOrthogonal`), the general option that removes two degrees of freedom, where
-        the per-state ``orthogonal`` removes the closure's u_xx and u_xxxx content at every
-        state."""
+        is read): orthogonal to the sensitivities of a and b on average over 64 training
+        states (`DataOrthogonal`), the general option that removes two degrees of freedom,
+        where the per-state ``orthogonal`` removes the closure's u_xx and u_xxxx content at
+        every state."""
         out = {"ks-odd": OddSignReflection()}
         if self._train_states is not None:
             states = self._train_states

@@ -88,6 +88,13 @@ class OddSignReflection(AbstractProjection):
 PREFIX = "projection:"
 
 
+def _free_names(model) -> tuple[str, ...]:
+    """Names of the free (learnable) `Param`s of ``model``: its θ_s."""
+    from ..params import named
+
+    return tuple(k for k, p in named(model).items() if not p.fixed)
+
+
 def _prefixed(model, prefix: str):
     """``model`` with every `Param` renamed ``prefix + name`` (raw values kept)."""
     import jax.tree_util as jtu
@@ -151,7 +158,7 @@ class DataOrthogonal(AbstractProjection):
     def __init__(self, model: AbstractModel, reference, time: float = 0.0):
         from ..params import Param, fix, named
 
-        names = tuple(k for k, p in named(model).items() if not p.fixed)
+        names = _free_names(model)
         if not names:
             raise ValueError("DataOrthogonal: the model has no free Param (no θ_s to protect).")
         bad = [k for k in names if jnp.size(named(model)[k].value) != 1]
@@ -222,9 +229,9 @@ class DataOrthogonal(AbstractProjection):
         the training references, which stay as they are. This is the closure the
         training domain learned, with the same component along ``∂f/∂θ`` removed; no
         state of the new domain enters ``c``."""
-        from ..params import fix, named
+        from ..params import fix
 
-        names = tuple(PREFIX + k for k, p in named(model).items() if not p.fixed)
+        names = tuple(PREFIX + k for k in _free_names(model))
         if names != self.names:
             raise ValueError(
                 f"DataOrthogonal.moved_to: the model's free θ_s {names} are not the "
