@@ -24,10 +24,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 
-# The pages whose examples run, in the default suite (each well under a minute on two
-# cores); a page too slow for it would be listed with `pytest.mark.slow`.
-# The README's examples run by default; the other pages' (minutes each on 2 slow cores) in
-# `make test-all`.
+# The pages whose examples run: the README's in the default suite, the other pages' (up to
+# three minutes each on 2 slow cores) in `make test-all`. All are run-bound (fits of
+# hundreds of steps), so they compile with optimisation (`optimized`, conftest.py).
 EXAMPLE_PAGES = [
     pytest.param("../README.md", marks=pytest.mark.optimized),  # a 200-step fit: run-bound
     *(pytest.param(p, marks=[pytest.mark.slow, pytest.mark.optimized])
