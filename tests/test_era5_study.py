@@ -6,6 +6,7 @@ real file skips without ``SCILAYERS_DATA_DIR``."""
 import os
 
 import diffrax
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -21,12 +22,13 @@ from scilayers.experiments.era5 import (
     LEADS,
     PRESETS,
     ClockedStep,
+    DiurnalNet,
     ERA5Study,
     _Still,
     apparent_motion,
 )
 from scilayers.hybrid import Hybrid
-from scilayers.params import set_values
+from scilayers.params import set_values, values
 from scilayers.solvers import Diffrax, rollout
 from scilayers.training import TrainConfig
 
@@ -34,8 +36,8 @@ FILE = "climate/era5-t2m-2019-03-uk.nc"
 N_TIMES = 96
 # hours 0–48 train (12-h chunks), 49–71 validation, 72–95 test (starts 72, 78, 84)
 TINY = PRESETS["quick"].replace(
-    coarsen=1, chunk_hours=12, train_end=48, test_start=72, val_every=3, test_every=6,
-    online_every=6, corr_steps=6, main_horizon=6, horizons=(1, 3, 6), field_steps=6,
+    coarsen=1, ood_coarsen=2, chunk_hours=12, train_end=48, test_start=72, val_every=3,
+    test_every=6, online_every=6, corr_steps=6, main_horizon=6, horizons=(1, 3, 6), field_steps=6,
     width=4, depth=1, emulator_steps=4, checkpoint_every=0, online_window=12,
     online_steps=1, online_batch=2, online_horizon=2, online_warm_steps=2,
     train=TrainConfig(steps=4, batch_size=2, horizon=2, val_every=2),
@@ -75,11 +77,91 @@ def test_problem_splits_by_time_without_overlap(study, truth):
     test_hours = {int(s) + k for s in es.t0 for k in range(es.data.shape[1])}
     assert max(train_hours) < min(val_hours) and max(val_hours) < min(test_hours)
     assert min(test_hours) == TINY.test_start and max(test_hours) <= N_TIMES - 1
-    assert list(p.eval_sets) == ["id"] and "temporal shift" in es.label
+    assert list(p.eval_sets) == ["id", "ood"] and "temporal shift" in es.label
     for arr, t0 in ((p.train, p.train_t0), (p.val, p.val_t0), (es.data, es.t0)):
         for traj, s in zip(arr, t0, strict=True):  # each trajectory is the field at its hours
             np.testing.assert_array_equal(traj, fields[int(s) : int(s) + traj.shape[0]])
     np.testing.assert_array_equal(es.t0, [72, 78, 84])
+
+
+def test_ood_set_is_the_test_hours_on_the_coarser_grid(study, truth):
+    fields, _ = truth
+    p = study._problem
+    es, ood = p.eval_sets["id"], p.eval_sets["ood"]
+    np.testing.assert_array_equal(ood.data, es.data[:, :, ::2, ::2])
+    np.testing.assert_array_equal(ood.t0, es.t0)
+    assert "0.5° grid" in ood.label and "never trained on" in ood.label
+    # the physics there runs on that grid, its ring driven by that grid's observations
+    model = study.physics(ood).model
+    rows, cols = model.ring_indices()
+    np.testing.assert_array_equal(np.asarray(model.boundary_values.value),
+                                  fields[:, ::2, ::2][:, rows, cols])  # fmt: skip
+    # and the simple baselines are made on it from its own fields
+    prev = study.extra_method("previous_day", p, 0, False)["ood"]
+    np.testing.assert_array_equal(prev[0, 1], fields[72 + 1 - 24, ::2, ::2])
+
+
+def test_moved_network_sees_gradients_in_training_grid_cells():
+    """A closure trained on a 0.5° grid and moved to the 0.25° grid of the same box gives,
+    on a field linear in space, the same output at the cells the grids share: its gradient
+    inputs are per training-grid cell (a 0.25° cell's difference counts double). Without
+    that rescaling (``cell=1``) it would not. Position inputs are zeroed: they are
+    normalised per grid."""
+    lat_f, lon_f = np.linspace(58.0, 54.0, 17), np.linspace(-6.0, 0.0, 25)
+
+    def stats(lat, lon):
+        shape = (lat.size, lon.size)
+        return {"lat": lat, "lon": lon, "utc0": 0.0, "mean": 280.0, "scale": 3.0,
+                "mean_field": np.full(shape, 281.0), "diurnal": np.zeros((4, *shape))}  # fmt: skip
+
+    coarse = DiurnalNet(stats(lat_f[::2], lon_f[::2]), clock=True, writes_ring=False, width=8,
+                        depth=2, kernel=1, key=jax.random.key(3))  # fmt: skip
+    w = coarse.layers[0].weight.at[:, 5:7].set(0.0)  # latitude, longitude channels
+    coarse = eqx.tree_at(lambda n: n.layers[0].weight, coarse, w)
+    fine = coarse.moved_to(stats(lat_f, lon_f), cell=2.0)
+    lat2, lon2 = np.meshgrid(lat_f, lon_f, indexing="ij")
+    field = 280.0 + 0.8 * (lon2 + 6.0) - 0.5 * (lat2 - 54.0)  # K, linear in degrees
+    t = 7.0
+    out_c = coarse(jnp.concatenate([jnp.asarray(field[::2, ::2]).ravel(), jnp.asarray([t])]))
+    out_f = fine(jnp.concatenate([jnp.asarray(field).ravel(), jnp.asarray([t])]))
+    assert fine.shape == (17, 25) and fine.cell == 2.0
+    assert float(jnp.abs(out_c[1:-1, 1:-1]).max()) > 1e-4
+    np.testing.assert_allclose(out_f[::2, ::2][1:-1, 1:-1], out_c[1:-1, 1:-1], rtol=1e-5,
+                               atol=1e-9)  # fmt: skip
+    naive = coarse.moved_to(stats(lat_f, lon_f), cell=1.0)
+    out_n = naive(jnp.concatenate([jnp.asarray(field).ravel(), jnp.asarray([t])]))
+    assert float(jnp.abs(out_n[::2, ::2][1:-1, 1:-1] - out_c[1:-1, 1:-1]).max()) > 1e-3 * float(
+        jnp.abs(out_c[1:-1, 1:-1]).max()
+    )
+
+
+def test_trained_models_move_onto_the_ood_grid(study, truth):
+    """The engine's transfer puts every kind of ERA5 model on the other grid: the hybrid
+    (physics with its θ_s, closure moved), the emulator and the emulator with the clock."""
+    from scilayers.experiments._engine import forecast, transfer
+    from scilayers.hybrid import NeuralStepper
+
+    fields, _ = truth
+    p = study._problem
+    ood = p.eval_sets["ood"]
+    key = jax.random.key(0)
+    phys = set_values(study.physics(), u=4.0, v=-1.5, kappa=3e4)
+    models = {
+        "hybrid": Hybrid(phys, study.closure(key)),
+        "emulator": NeuralStepper(study.emulator(key), fields.shape[1:]),
+        "emulator_clock": Hybrid(ClockedStep(_Still(fields.shape[1:]), 1.0), study.closure(key)),
+    }
+    for name, m in models.items():
+        moved = transfer(study, m, ood)
+        pred = forecast(moved, ood, 3, 1.0)
+        assert pred.shape == (ood.data.shape[0], 4, *ood.state_shape), name
+        assert np.isfinite(pred).all(), name
+    moved = transfer(study, models["hybrid"], ood)
+    assert moved.step.model.state_shape == ood.state_shape
+    learned = values(moved.step)
+    np.testing.assert_allclose([learned["u"], learned["v"], learned["kappa"]], [4.0, -1.5, 3e4],
+                               rtol=1e-5)  # fmt: skip
+    assert moved.net.shape == ood.state_shape and moved.net.cell == 0.5
 
 
 def test_previous_day_and_diurnal_climatology_by_hand(study, truth):
@@ -214,6 +296,7 @@ def test_real_era5_file():
     d = study.load()
     assert d["fields"].shape == (744, 17, 25) and d["utc0"] == 0.0
     assert p.train.shape == (19, 25, 17, 25) and p.eval_sets["id"].data.shape[0] == 36
+    assert p.eval_sets["ood"].data.shape == (36, 25, 33, 49)  # the 0.25° grid
     assert 270 < d["fields"].mean() < 290
     refs = study.references()
     jan = refs["winds_850hPa"]["january"]
@@ -228,10 +311,15 @@ def test_tiny_end_to_end_run(data_dir, tmp_path):
     for m in ("persistence", "previous_day", "diurnal_climatology", "hybrid_joint",
               "hybrid_online", "neural_emulator_clock"):  # fmt: skip
         assert methods[m]["id_rmse_6h"]["mean"] is not None, m
+    for m in ("persistence", "previous_day", "hybrid_joint", "neural_emulator",
+              "neural_emulator_clock", "sequential_hybrid"):  # fmt: skip
+        assert methods[m]["ood_rmse_6h"]["mean"] is not None, m
+    assert "ood_rmse_6h" not in methods["hybrid_online"]
     assert "pinn" not in methods
     assert set(res["references"]) >= {"kappa_literature"}
     assert len(res["online"]["history"]["0"]["u"]) == res["online"]["updates"]
     titles = [t["title"] for t in res["tables"]]
     assert any("RMSE" in t for t in titles) and any("θ_s" in t for t in titles)
+    assert any(t.startswith("Out of domain") for t in titles)
     for f in res["figures"]:
         assert (tmp_path / f["file"]).is_file()

@@ -10,6 +10,7 @@ import pytest
 from scilayers import metrics as M
 from scilayers.baselines import PINNConfig
 from scilayers.experiments import STUDIES, get_study, main, run_study
+from scilayers.experiments._common import RunCache, config_stamp
 from scilayers.experiments._engine import METHODS, REFERENCE, transfer
 from scilayers.experiments.burgers import PRESETS, BurgersStudy
 from scilayers.params import values
@@ -174,6 +175,27 @@ def test_resume_reuses_finished_runs(study):
     assert again["methods"]["hybrid_joint"]["id_mse"] == results["methods"]["hybrid_joint"][
         "id_mse"
     ]
+
+
+def test_a_cached_run_made_with_another_config_is_not_reused(tmp_path):
+    """`--resume` after a config change recomputes what the change touches: the stamp
+    covers what a run computes, not which runs exist; results from before stamps are
+    reused."""
+    base = PRESETS["quick"]
+    stamp = config_stamp(base)
+    assert config_stamp(base.replace(closure_variants=("unrestricted",), data_sizes=(2,),
+                                     uq="ensemble", uq_members=7)) == stamp  # fmt: skip
+    assert config_stamp(base.replace(train=base.train.replace(steps=7))) != stamp
+    assert config_stamp(base.replace(identifiable="unrestricted")) != stamp
+    assert config_stamp(base, uq=True) != config_stamp(base.replace(uq_members=7), uq=True)
+    arrays = {"id": np.zeros(3)}
+    RunCache(tmp_path, stamp).put("hybrid_joint", 0, {"id_mse": 1.0}, arrays)
+    metrics, _ = RunCache(tmp_path, stamp).get("hybrid_joint", 0)
+    assert metrics == {"id_mse": 1.0}  # the stamp is not a metric
+    other = RunCache(tmp_path, config_stamp(base.replace(identifiable="unrestricted")))
+    assert other.get("hybrid_joint", 0) is None and other.stale == ["hybrid_joint (seed 0)"]
+    RunCache(tmp_path).put("pinn", 0, {"id_mse": 2.0}, arrays)  # written without a stamp
+    assert RunCache(tmp_path, stamp).get("pinn", 0)[0] == {"id_mse": 2.0}
 
 
 def test_every_registered_study_implements_the_protocol():

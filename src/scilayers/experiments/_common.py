@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
 import math
 import os
@@ -69,12 +70,38 @@ def write_json(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
+#: Config fields that say which runs a study makes and where, not what any one run
+#: computes: a cached run stays valid when only these change (`config_stamp`).
+_RUN_SELECTION = frozenset({
+    "closure_variants", "lambda_sweep", "data_sizes", "data_methods", "data_seeds",
+    "ablation_seeds", "pinn_seeds", "checkpoint_every", "uq", "uq_methods",
+})  # fmt: skip
+
+
+def config_stamp(cfg, *, uq: bool = False) -> str:
+    """A short hash of what a cached run of ``cfg`` (a `StudyConfig`) depends on: every
+    field but those of `_RUN_SELECTION`, and, for a training run (``uq=False``), but the
+    ``uq_*`` fields, which only the ``--uq`` runs read."""
+    d = cfg.to_dict()
+    keep = {k: v for k, v in d.items()
+            if k not in _RUN_SELECTION and (uq or not k.startswith("uq_"))}  # fmt: skip
+    text = json.dumps(_clean(keep), sort_keys=True, default=repr)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 class RunCache:
     """Finished (run, seed) results on disk, so a killed study resumes without redoing
-    them: ``DIR/runs/<name>__seed<k>.json`` (metrics) and ``.npz`` (arrays)."""
+    them: ``DIR/runs/<name>__seed<k>.json`` (metrics) and ``.npz`` (arrays).
 
-    def __init__(self, root: Path):
+    With a ``stamp`` (`config_stamp`) each result records it, and a result recorded under
+    another stamp is not reused — ``--resume`` after a config change (a new preset, a
+    new version of a study) recomputes what the change touches instead of mixing old and
+    new results. A result without a stamp (written before stamps) is reused."""
+
+    def __init__(self, root: Path, stamp: str | None = None):
         self.root = Path(root)
+        self.stamp = stamp
+        self.stale: list[str] = []  # runs found under another stamp (recomputed)
 
     def _paths(self, name: str, seed: int):
         stem = f"{name}__seed{seed}"
@@ -105,6 +132,10 @@ class RunCache:
                 arrays = {k: f[k] for k in f.files}
         except (json.JSONDecodeError, OSError, ValueError):
             return None  # a partial write: recompute
+        found = metrics.pop("config_stamp", None) if isinstance(metrics, dict) else None
+        if self.stamp is not None and found is not None and found != self.stamp:
+            self.stale.append(f"{name} (seed {seed})")
+            return None
         return metrics, arrays
 
     def put(self, name: str, seed: int, metrics: dict, arrays: dict) -> None:
@@ -116,4 +147,5 @@ class RunCache:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)
         os.replace(tmp, nz)
-        write_json(js, metrics)
+        write_json(js, metrics if self.stamp is None else {**metrics,
+                                                           "config_stamp": self.stamp})

@@ -38,10 +38,10 @@ from .. import metrics as M
 from ..baselines import calibrate, fit_pinn, neural_emulator, sequential_hybrid
 from ..hybrid import Hybrid, NeuralStepper
 from ..hybrid import identifiability as identifiability_of
-from ..params import named, set_values, values
+from ..params import named, values
 from ..solvers import rollout, takes_time
 from ..training import fit
-from ._common import RunCache, environment, write_json
+from ._common import RunCache, config_stamp, environment, write_json
 from ._study import AbstractStudy, EvalSet, Problem
 from ._uq import run_uq, uq_targets
 
@@ -239,18 +239,17 @@ def transfer(study: AbstractStudy, model, eval_set: EvalSet):
     if eval_set.name == "id":
         return model
     if isinstance(model, NeuralStepper):
-        return NeuralStepper(model.net, eval_set.state_shape, model.dt, model.scale)
+        net = study.move_network(model.net, eval_set)
+        return NeuralStepper(net, eval_set.state_shape, model.dt, model.scale)
     if isinstance(model, Hybrid):
         step = transfer(study, model.step, eval_set)
-        out = eqx.tree_at(lambda h: h.step, model, step)
+        net = study.move_network(model.net, eval_set)
+        out = eqx.tree_at(lambda h: (h.step, h.net), model, (step, net))
         if model.projection is None:
             return out
         moved = model.projection.moved_to(step.model)
         return eqx.tree_at(lambda h: h.projection, out, moved)
-    fresh = study.physics(eval_set)
-    free = {k for k, p in named(fresh).items() if not p.fixed}  # fixed: the set's own (F, L)
-    learned = {k: v for k, v in values(model).items() if k in free}
-    return set_values(fresh, **learned)
+    return study.move_physics(model, eval_set)
 
 
 @eqx.filter_jit
@@ -616,7 +615,7 @@ def run_study(study: AbstractStudy, seeds: list[int], out: Path, *, resume: bool
         for sub in ("runs", "checkpoints"):
             shutil.rmtree(out / sub, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
-    cache = RunCache(out / "runs")
+    cache = RunCache(out / "runs", config_stamp(cfg))
     ledger = _WallLedger(out / "runs" / "wall.json", t_start)
     cache_dir = cache_dir if cache_dir is not None else out.parent / ".cache"
     problem = study.problem(cache_dir, progress)
@@ -648,6 +647,9 @@ def run_study(study: AbstractStudy, seeds: list[int], out: Path, *, resume: bool
             run_seeds = seeds[: cfg.pinn_seeds]
         for seed in data_seeds if name.startswith("abl_data_") else run_seeds:
             hit = cache.get(name, seed)
+            if hit is None and cache.stale[-1:] == [f"{name} (seed {seed})"]:
+                log(f"{name} (seed {seed}): the cached result was made with another config; "
+                    "recomputing")  # fmt: skip
             if hit is None and name in DETERMINISTIC and results[name]:
                 hit = dict(results[name][0]), {}  # no seed enters it: evaluated once
             if hit is None:

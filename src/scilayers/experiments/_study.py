@@ -18,6 +18,7 @@ import equinox as eqx
 import numpy as np
 
 from ..baselines import PINNConfig
+from ..params import named, set_values, values
 from ..training import TrainConfig
 
 
@@ -285,6 +286,23 @@ class AbstractStudy(abc.ABC):
     def projections(self) -> dict[str, Any]:
         """Symmetry projections this study offers for its closure, by name."""
         return {}
+
+    def move_physics(self, step, eval_set: EvalSet):
+        """A trained physics stepper ``step`` moved onto ``eval_set``'s domain: by default
+        the study's `physics` there with the learned θ_s (the Params that are free there)
+        carried over; fixed Params (a known forcing, a domain size) keep the set's values.
+        Override for a stepper that `physics` does not build (a network's bare stepper)."""
+        fresh = self.physics(eval_set)
+        free = {k for k, p in named(fresh).items() if not p.fixed}
+        learned = {k: v for k, v in values(step).items() if k in free}
+        return set_values(fresh, **learned)
+
+    def move_network(self, net: eqx.Module, eval_set: EvalSet) -> eqx.Module:
+        """A trained network (a hybrid's, an emulator's) moved onto ``eval_set``'s domain,
+        its weights unchanged. Default: the network itself, for one that applies on any
+        grid (a convolution); a network holding per-cell inputs of its grid overrides."""
+        del eval_set
+        return net
 
     def quantities(self) -> np.ndarray | None:
         """Where the state mixes quantities (pressures and flows, say): an integer label

@@ -66,7 +66,7 @@ from ..uq import (
     train_ensemble,
     uq_block,
 )
-from ._common import write_json
+from ._common import config_stamp, write_json
 from ._study import AbstractStudy, Problem
 
 
@@ -481,14 +481,19 @@ def run_uq(study: AbstractStudy, problem: Problem, seed: int, out: Path, kind: s
     }
     arrays: dict[str, np.ndarray] = {}
     cache = out / "runs"
+    stamp = config_stamp(cfg, uq=True)
     for method in methods:
         path = cache / f"uq_{kind}_{method}__seed{seed}.json"
         apath = path.with_suffix(".npz")
+        entry = None
         if agree(path.exists() and apath.exists()):  # process 0 decides for all
             entry = json.loads(path.read_text())
-            with np.load(apath) as f:
-                shown = {k: f[k] for k in f.files}
-        else:
+            if entry.pop("config_stamp", stamp) != stamp:  # made with another config
+                entry = None
+            else:
+                with np.load(apath) as f:
+                    shown = {k: f[k] for k in f.files}
+        if entry is None:
             t = time.perf_counter()
             if kind == "ensemble":
                 entry, shown = _ensemble(study, problem, method, seed, progress)
@@ -498,7 +503,7 @@ def run_uq(study: AbstractStudy, problem: Problem, seed: int, out: Path, kind: s
             if is_writer():
                 cache.mkdir(parents=True, exist_ok=True)
                 np.savez(apath, **shown)
-            write_json(path, entry)
+            write_json(path, {**entry, "config_stamp": stamp})
         block["methods"][method] = entry
         for k, v in shown.items():
             arrays[f"uq__{method}__{k}"] = v

@@ -63,6 +63,8 @@ class ERA5Config(StudyConfig):
 
     - `file`: the ERA5 file, relative to the data folder (or absolute).
     - `coarsen`: keep every `coarsen`-th grid point in latitude and longitude (1: 0.25°).
+    - `ood_coarsen`: the out-of-domain set: the same test hours on the grid of every
+      `ood_coarsen`-th point (a resolution the models never trained on; ``None``: none).
     - `chunk_hours`: training trajectories are consecutive chunks of ``chunk_hours + 1``
       hourly fields (sharing their end points); `train_end`: the last training hour (a
       multiple of `chunk_hours`); validation windows start after it, every `val_every`
@@ -83,6 +85,7 @@ class ERA5Config(StudyConfig):
 
     file: str = ERA5_T2M_FILE
     coarsen: int = 1
+    ood_coarsen: int | None = None
     chunk_hours: int = 24
     train_end: int = 456
     test_start: int = 504
@@ -117,6 +120,11 @@ class ERA5Config(StudyConfig):
             raise ValueError("the ERA5 forecasts start from the current field: context_steps=1.")
         if not (self.coarsen >= 1 and self.chunk_hours >= 2):
             raise ValueError("coarsen must be >= 1 and chunk_hours >= 2.")
+        if self.ood_coarsen is not None and not (1 <= self.ood_coarsen != self.coarsen):
+            raise ValueError(
+                f"ood_coarsen={self.ood_coarsen} must be a positive integer other than "
+                f"coarsen={self.coarsen} (the out-of-domain set is another resolution), or None."
+            )
         if self.train_end % self.chunk_hours or self.train_end < self.chunk_hours:
             raise ValueError(
                 f"train_end={self.train_end} must be a positive multiple of chunk_hours="
@@ -153,6 +161,7 @@ PRESETS = {
         horizons=tuple(range(1, 25)),
         field_steps=24,
         coarsen=2,
+        ood_coarsen=1,  # out of domain: the 0.25° grid, twice as fine as training's 0.5°
         test_every=6,
         online_every=6,
         closure_variants=("unrestricted",),
@@ -176,6 +185,7 @@ PRESETS = {
 PRESETS["full"] = PRESETS["quick"].replace(
     preset="full", extend_rounds=3,
     coarsen=1,
+    ood_coarsen=2,  # out of domain: the 0.5° grid, twice as coarse as training's 0.25°
     test_every=3,
     online_every=3,
     closure_variants=("unrestricted", "orthogonal"),
@@ -340,7 +350,8 @@ class DiurnalNet(eqx.Module):
 
     Input channels (each normalised): the field ``(T − T̄)/σ``, its anomaly from the
     training period's mean field ``(T − M(x))/σ``, its centred gradients and Laplacian
-    (per cell, in K per cell, over σ), latitude, longitude, ``M(x)``, the amplitude of the
+    (in K per cell of the grid it was trained on, over σ: `cell` is that cell's size in
+    cells of the current grid), latitude, longitude, ``M(x)``, the amplitude of the
     mean diurnal cycle (a land–sea proxy: large over land); with the clock (`clock`): the
     anomaly from the mean diurnal cycle ``(T − M − D(t, x))/σ``, ``D(t, x)`` and ``∂_t D``
     (the cycle's first harmonics in UTC time), and the sine and cosine of the local solar
@@ -357,7 +368,8 @@ class DiurnalNet(eqx.Module):
     given a bare field (a residual network, which the engine gives no clock) sees zeros in
     the clock channels. With `writes_ring` false the output is zero on the boundary ring
     (the ring follows the observations). The fixed fields are `Param`s with
-    ``fixed=True``: constants, never trained.
+    ``fixed=True``: constants, never trained. `moved_to` puts a trained network on another
+    grid of the same region.
     """
 
     layers: tuple[_Conv, ...]
@@ -372,9 +384,10 @@ class DiurnalNet(eqx.Module):
     tend_scale: float = eqx.field(static=True)
     clock: bool = eqx.field(static=True)
     writes_ring: bool = eqx.field(static=True)
+    cell: float = eqx.field(static=True)
 
     def __init__(self, stats: dict, *, clock: bool, writes_ring: bool, width: int, depth: int,
-                 kernel: int, key):  # fmt: skip
+                 kernel: int, key, cell: float = 1.0):  # fmt: skip
         lat, lon = np.asarray(stats["lat"]), np.asarray(stats["lon"])
         ny, nx = lat.size, lon.size
         self.shape, self.lon = (ny, nx), tuple(float(x) for x in lon)
@@ -395,6 +408,7 @@ class DiurnalNet(eqx.Module):
         self.clim_scale = float(stats.get("clim_scale") or 1.0)
         self.tend_scale = float(stats.get("tend_scale") or 1.0)
         self.clock, self.writes_ring = bool(clock), bool(writes_ring)
+        self.cell = float(cell)
         channels = 5 + fields.shape[0] + (5 if clock else 0)
         keys = jax.random.split(key, depth + 1)
         sizes = [channels] + [width] * depth + [1]
@@ -402,6 +416,20 @@ class DiurnalNet(eqx.Module):
             _Conv(a, b, kernel if i == 0 else 1, k, gain=0.01 if i == depth else 1.0)
             for i, (a, b, k) in enumerate(zip(sizes[:-1], sizes[1:], keys, strict=True))
         )
+
+    def moved_to(self, stats: dict, cell: float) -> DiurnalNet:
+        """This network on another grid of the same region: the same weights and
+        normalisation (`mean`, `scale`, `clim_scale`, `tend_scale`), the new grid's fixed
+        inputs from ``stats`` (as `ERA5Study.load` computes them: position, the mean field
+        and diurnal cycle of the training period on that grid), and its differences still
+        in cells of the training grid, whose cells are ``cell`` cells of the new grid
+        (``cell = 2``: the new grid is twice as fine)."""
+        kept = dict(stats, mean=self.mean, scale=self.scale, clim_scale=self.clim_scale,
+                    tend_scale=self.tend_scale)  # fmt: skip
+        fresh = DiurnalNet(kept, clock=self.clock, writes_ring=self.writes_ring, width=1,
+                           depth=0, kernel=1, key=jax.random.key(0),
+                           cell=self.cell * cell)  # fmt: skip
+        return eqx.tree_at(lambda n: n.layers, fresh, self.layers)
 
     def diurnal_cycle(self, t):
         """``(D(t, x), ∂_t D(t, x))`` in K and K/h: the training period's mean diurnal
@@ -432,9 +460,9 @@ class DiurnalNet(eqx.Module):
         mfield = fixed[2] * self.scale + self.mean
         a = (u - mfield) / self.scale
         p = jnp.pad(a, 1, mode="edge")
-        gx = 0.5 * (p[1:-1, 2:] - p[1:-1, :-2])
-        gy = 0.5 * (p[2:, 1:-1] - p[:-2, 1:-1])
-        lap = p[1:-1, 2:] + p[1:-1, :-2] + p[2:, 1:-1] + p[:-2, 1:-1] - 4 * a
+        gx = (0.5 * self.cell) * (p[1:-1, 2:] - p[1:-1, :-2])
+        gy = (0.5 * self.cell) * (p[2:, 1:-1] - p[:-2, 1:-1])
+        lap = self.cell**2 * (p[1:-1, 2:] + p[1:-1, :-2] + p[2:, 1:-1] + p[:-2, 1:-1] - 4 * a)
         chans = [(u - self.mean) / self.scale, a, gx, gy, lap, *fixed]
         if self.clock:
             if t is None:
@@ -563,6 +591,7 @@ class ERA5Study(AbstractStudy):
     def __init__(self, cfg: ERA5Config, data_dir: Path | None = None):
         super().__init__(cfg, data_dir)
         self._data: dict | None = None
+        self._ood: dict | None = None
         self._problem: Problem | None = None
         self._substeps: dict[tuple[int, int], int] = {}
         self._online: dict[int, dict] = {}
@@ -572,11 +601,31 @@ class ERA5Study(AbstractStudy):
         """Read the ERA5 field once (coarsened per the config) and the training period's
         statistics; a missing file or variable is a one-line error naming the file, the
         variable and the option (``--data-dir`` / ``SCILAYERS_DATA_DIR``)."""
-        if self._data is not None:
-            return self._data
+        if self._data is None:
+            self._data = self._read(self.cfg.coarsen)
+        return self._data
+
+    def load_ood(self) -> dict | None:
+        """The same, on the out-of-domain grid (every `ood_coarsen`-th point); its fixed
+        inputs for the networks (mean field, diurnal cycle) come from its own training
+        period, before the test hours. ``None`` where the config has no such set."""
+        if self.cfg.ood_coarsen is None:
+            return None
+        if self._ood is None:
+            self._ood = self._read(self.cfg.ood_coarsen)
+        return self._ood
+
+    def _grid(self, eval_set: EvalSet | None) -> dict | None:
+        """The data of ``eval_set``'s grid (``None`` or the in-domain set: the training
+        grid), or ``None`` before the data are read."""
+        if eval_set is not None and eval_set.name == "ood":
+            return self.load_ood()
+        return self._data
+
+    def _read(self, coarsen: int) -> dict:
         c = self.cfg
         da = load_era5_t2m(self.data_dir, c.file)
-        da = da.isel(latitude=slice(None, None, c.coarsen), longitude=slice(None, None, c.coarsen))
+        da = da.isel(latitude=slice(None, None, coarsen), longitude=slice(None, None, coarsen))
         da = da.sortby("longitude")
         times = da["time"].values
         hours = hours_since(times)
@@ -604,7 +653,8 @@ class ERA5Study(AbstractStudy):
         d, dd = jax.vmap(net.diurnal_cycle)(jnp.asarray(probe))
         stats["clim_scale"] = float(jnp.std(d)) or 1.0
         stats["tend_scale"] = float(jnp.std(dd)) or 1.0
-        self._data = {
+        return {
+            "coarsen": coarsen,
             "fields": fields,
             "hours": hours,
             "utc0": utc0,
@@ -614,7 +664,6 @@ class ERA5Study(AbstractStudy):
             "clim": hourly_climatology(fields[period], hours[period], utc0),
             "net": stats,
         }
-        return self._data
 
     def _net_stats(self) -> dict:
         """The closure's fixed inputs: from the data once read, otherwise neutral ones on
@@ -668,6 +717,17 @@ class ERA5Study(AbstractStudy):
         label = (f"last {(last - c.test_start + 1) / 24:.0f} days (temporal shift): hours "
                  f"{c.test_start}–{last}")  # fmt: skip
         sets = {"id": EvalSet("id", test, 0, ctx, label, t0=hours[test_starts])}
+        ood = self.load_ood()
+        if ood is not None:
+            g = ood["fields"]
+            step, train_step = 0.25 * c.ood_coarsen, 0.25 * c.coarsen
+            sets["ood"] = EvalSet(
+                "ood", np.stack([g[s : s + n] for s in test_starts]), 0,
+                {"lat": ood["lat"], "lon": ood["lon"], "starts": test_starts},
+                f"the same test hours on the {step:g}° grid ({g.shape[1]} × {g.shape[2]} "
+                f"cells; training's is {train_step:g}°): a resolution never trained on",
+                t0=hours[test_starts],
+            )  # fmt: skip
         info = {
             "fields": fields,
             "hours": hours,
@@ -692,11 +752,12 @@ class ERA5Study(AbstractStudy):
         """Advection–diffusion with learnable ``u, v`` (bounded by ``±wind_bound``) and
         ``κ`` (in ``(0, kappa_max)``) at the prior, its ring driven by the observed ring of
         the whole month (once the data are read; before that, on the configured grid with
-        zero-gradient boundaries)."""
+        zero-gradient boundaries); on the out-of-domain set, on that set's grid."""
         c = self.cfg
-        if self._data is not None:
-            lat, lon = self._data["lat"], self._data["lon"]
-            series, times = self._data["fields"], self._data["hours"]
+        grid = self._grid(eval_set)
+        if grid is not None:
+            lat, lon = grid["lat"], grid["lon"]
+            series, times = grid["fields"], grid["hours"]
         else:
             (lat, lon), series, times = self._default_grid(), None, None
         wb = c.wind_bound
@@ -735,6 +796,21 @@ class ERA5Study(AbstractStudy):
     def emulator(self, key):
         return self._net(key, clock=False, writes_ring=True, kernel=self.cfg.emulator_kernel_size)
 
+    def move_network(self, net, eval_set: EvalSet):
+        """A `DiurnalNet` moved onto ``eval_set``'s grid (`DiurnalNet.moved_to`): the same
+        weights, that grid's fixed inputs, its differences in training-grid cells."""
+        grid = self._grid(eval_set)
+        if not isinstance(net, DiurnalNet) or grid is None or net.shape == grid["fields"].shape[1:]:
+            return net
+        return net.moved_to(grid["net"], cell=self.cfg.coarsen / grid["coarsen"])
+
+    def move_physics(self, step, eval_set: EvalSet):
+        """The emulator-with-clock's bare stepper (`_Still`) is rebuilt on the new grid;
+        the transport physics moves as in every study."""
+        if isinstance(step, ClockedStep) and isinstance(step.model, _Still):
+            return ClockedStep(_Still(eval_set.state_shape), step.dt, step.substeps)
+        return super().move_physics(step, eval_set)
+
     def pinn_model(self, eval_set: EvalSet):
         return None  # a PINN per 24-h window of a 2-D field is not part of this study
 
@@ -750,14 +826,15 @@ class ERA5Study(AbstractStudy):
 
     def extra_method(self, name: str, problem: Problem, seed: int, progress: bool):
         c = self.cfg
-        d = self.load()
         es = problem.eval_sets["id"]
         starts = es.context["starts"]
+        grids = {k: self._grid(e) for k, e in problem.eval_sets.items()}
         if name == "previous_day":
-            return {"id": previous_day_forecast(d["fields"], starts, c.corr_steps)}
+            return {k: previous_day_forecast(g["fields"], starts, c.corr_steps)
+                    for k, g in grids.items()}  # fmt: skip
         if name == "diurnal_climatology":
-            return {"id": diurnal_forecast(d["fields"], d["clim"], starts, c.corr_steps,
-                                           d["utc0"])}  # fmt: skip
+            return {k: diurnal_forecast(g["fields"], g["clim"], starts, c.corr_steps, g["utc0"])
+                    for k, g in grids.items()}  # fmt: skip
         if name == "neural_emulator_clock":
             key = _engine_key("neural_emulator", seed)
             still = ClockedStep(_Still(es.state_shape), c.dt)  # u + dt·net([u, t])
@@ -955,26 +1032,37 @@ class ERA5Study(AbstractStudy):
     def _tables(self, res: dict, extra: dict) -> list[dict]:
         methods = res["methods"]
         leads = [k for k in LEADS if k <= self.cfg.corr_steps]
-        rows = []
-        for m, e in methods.items():
-            rows.append(
-                [m]
-                + [_pm(e.get(f"id_rmse_{k}h")) for k in leads]
-                + [_pm(e.get(f"id_rmse_interior_{k}h")) for k in (6, 24) if k in leads]
-                + [_skill(e.get(f"id_rmse_ratio_{k}h")) for k in (6, 24) if k in leads]
-            )
         cols = (["method"] + [f"{k} h" for k in leads]
                 + [f"interior {k} h" for k in (6, 24) if k in leads]
                 + [f"skill {k} h" for k in (6, 24) if k in leads])  # fmt: skip
-        t1 = {
-            "title": "Test RMSE (K) by forecast lead, last ten days",
-            "columns": cols,
-            "rows": rows,
-            "caption": "Mean ± std over seeds of the RMSE over all cells (interior: the "
-            "boundary ring excluded, which the physics-based methods take from the "
-            "observations) of forecasts from the same test starts; skill = 1 − RMSE / "
-            "RMSE of persistence at that lead (positive: better than persistence).",
-        }
+        rmse_tables = []
+        for name, title in (("id", "Test RMSE (K) by forecast lead, last ten days"),
+                            ("ood", "Out of domain: test RMSE (K) by forecast lead, the same "
+                                    "hours on a grid never trained on")):  # fmt: skip
+            rows = [
+                [m]
+                + [_pm(e.get(f"{name}_rmse_{k}h")) for k in leads]
+                + [_pm(e.get(f"{name}_rmse_interior_{k}h")) for k in (6, 24) if k in leads]
+                + [_skill(e.get(f"{name}_rmse_ratio_{k}h")) for k in (6, 24) if k in leads]
+                for m, e in methods.items()
+                if e.get(f"{name}_rmse_1h") is not None
+            ]
+            if rows:
+                rmse_tables.append({"title": title, "columns": cols, "rows": rows})
+        for t in rmse_tables:
+            t["caption"] = (
+                "Mean ± std over seeds of the RMSE over all cells (interior: the boundary "
+                "ring excluded, which the physics-based methods take from the observations) "
+                "of forecasts from the same test starts; skill = 1 − RMSE / RMSE of "
+                "persistence at that lead (positive: better than persistence)."
+            )
+        if len(rmse_tables) > 1:
+            rmse_tables[1]["caption"] += (
+                " Out of domain every trained model keeps its weights and θ_s; the physics "
+                "runs on the new grid, and the networks see that grid's fixed inputs (from "
+                "its own training period) and its differences in training-grid cells "
+                "(`DiurnalNet.moved_to`). hybrid_online runs in domain only."
+            )
         refs = extra["references"]
         trows = []
         for m in ("pure_physics_calibrated", "sequential_hybrid", "hybrid_staged", "hybrid_joint"):
@@ -1013,7 +1101,7 @@ class ERA5Study(AbstractStudy):
             "wind for March 2019 is in the data folder); the learned wind is the effective "
             "uniform transport of 2 m temperature, which surface friction slows and turns.",
         }
-        tables = [t1, t2]
+        tables = [*rmse_tables, t2]
         if online and "hybrid_joint" in methods:
             orow = []
             for m, label in (("hybrid_joint", "trained once (first three weeks)"),
@@ -1170,6 +1258,17 @@ class ERA5Study(AbstractStudy):
                 + (f"; not below {', '.join(lost)}" if lost else ""),
                 "target": "lower than all", "pass": not lost,
             })  # fmt: skip
+        j = mean("hybrid_joint", "ood_rmse_24h")
+        nets = {m: mean(m, "ood_rmse_24h") for m in ("neural_emulator", "neural_emulator_clock")}
+        nets = {m: v for m, v in nets.items() if v is not None}
+        if j is not None and nets:
+            lost = [f"{m} ({v:.3g})" for m, v in nets.items() if v <= j]
+            out.append({
+                "name": "out of domain (a grid never trained on): hybrid_joint RMSE at 24 h "
+                "below the neural emulators'",
+                "value": f"{j:.3g} K vs " + ", ".join(f"{m} {v:.3g} K" for m, v in nets.items()),
+                "target": "lower", "pass": not lost,
+            })  # fmt: skip
         refs = res.get("references", {})
         th = methods.get("hybrid_joint", {}).get("theta", {})
         if th:
@@ -1211,6 +1310,13 @@ class ERA5Study(AbstractStudy):
             f"({len(info['test_starts'])} forecast starts every {c.test_every} h, "
             f"{c.corr_steps} h each). Nothing is tuned on the test period; the diurnal "
             "climatology and the closure's fixed inputs use hours before the test only.",
+            *([] if "ood" not in problem.eval_sets else [
+                f"Out of domain: {problem.eval_sets['ood'].label}. It tests what transfers "
+                "across resolution: the physics' θ_s are in physical units; the networks keep "
+                "their weights and see the new grid's position, mean field and diurnal cycle "
+                "(computed from its own hours before the test) and its gradients in "
+                "training-grid cells; the emulators' 3 × 3 kernels span a different distance "
+                "there, as a CNN's do at any new resolution."]),
             "Lateral boundary conditions from observations: the physics' boundary ring "
             "follows the observed ring (cubic in time), as a limited-area model is driven by "
             "its host model. Every physics-based method therefore knows the future boundary "
