@@ -103,10 +103,10 @@ def test_ood_set_is_the_test_hours_on_the_coarser_grid(study, truth):
 
 def test_moved_network_sees_gradients_in_training_grid_cells():
     """A closure trained on a 0.5° grid and moved to the 0.25° grid of the same box gives,
-    on a field linear in space, the same output at the cells the grids share: its gradient
-    inputs are per training-grid cell (a 0.25° cell's difference counts double). Without
-    that rescaling (``cell=1``) it would not. Position inputs are zeroed: they are
-    normalised per grid."""
+    on any field, the same output at the interior cells the grids share: its gradient and
+    Laplacian stencils span one training-grid cell (two 0.25° cells), so there it reads
+    exactly the 0.5° grid's inputs. Moved without that (``cell=1``) it would not. Position
+    inputs are zeroed: they are normalised per grid."""
     lat_f, lon_f = np.linspace(58.0, 54.0, 17), np.linspace(-6.0, 0.0, 25)
 
     def stats(lat, lon):
@@ -120,7 +120,8 @@ def test_moved_network_sees_gradients_in_training_grid_cells():
     coarse = eqx.tree_at(lambda n: n.layers[0].weight, coarse, w)
     fine = coarse.moved_to(stats(lat_f, lon_f), cell=2.0)
     lat2, lon2 = np.meshgrid(lat_f, lon_f, indexing="ij")
-    field = 280.0 + 0.8 * (lon2 + 6.0) - 0.5 * (lat2 - 54.0)  # K, linear in degrees
+    rough = np.random.default_rng(0).normal(0.0, 1.5, lat2.shape)  # sub-0.5° structure
+    field = 280.0 + 0.8 * (lon2 + 6.0) - 0.5 * (lat2 - 54.0) + rough  # K
     t = 7.0
     out_c = coarse(jnp.concatenate([jnp.asarray(field[::2, ::2]).ravel(), jnp.asarray([t])]))
     out_f = fine(jnp.concatenate([jnp.asarray(field).ravel(), jnp.asarray([t])]))

@@ -351,13 +351,15 @@ class DiurnalNet(eqx.Module):
     Input channels (each normalised): the field ``(T − T̄)/σ``, its anomaly from the
     training period's mean field ``(T − M(x))/σ``, its centred gradients and Laplacian
     (in K per cell of the grid it was trained on, over σ: `cell` is that cell's size in
-    cells of the current grid), latitude, longitude, ``M(x)``, the amplitude of the
-    mean diurnal cycle (a land–sea proxy: large over land); with the clock (`clock`): the
-    anomaly from the mean diurnal cycle ``(T − M − D(t, x))/σ``, ``D(t, x)`` and ``∂_t D``
-    (the cycle's first harmonics in UTC time), and the sine and cosine of the local solar
-    time ``t_UTC + λ/15``. Then `depth` hidden layers (`width` channels, GELU; the first a
-    `kernel` × `kernel` convolution with SAME padding, the others 1 × 1) and a last 1 × 1
-    layer to one channel, initialised ×0.01 so the network starts near zero.
+    cells of the current grid; on a grid `cell` times as fine the stencil spans `cell`
+    cells, so the network reads the scales it was trained on), latitude, longitude,
+    ``M(x)``, the amplitude of the mean diurnal cycle (a land–sea proxy: large over land);
+    with the clock (`clock`): the anomaly from the mean diurnal cycle
+    ``(T − M − D(t, x))/σ``, ``D(t, x)`` and ``∂_t D`` (the cycle's first harmonics in UTC
+    time), and the sine and cosine of the local solar time ``t_UTC + λ/15``. Then `depth`
+    hidden layers (`width` channels, GELU; the first a `kernel` × `kernel` convolution
+    with SAME padding, the others 1 × 1) and a last 1 × 1 layer to one channel,
+    initialised ×0.01 so the network starts near zero.
 
     With ``kernel=1`` the network acts cell by cell, like a weather model's column physics
     (the closure); the emulators, which must also move air, see a 3 × 3 neighbourhood (one
@@ -459,10 +461,17 @@ class DiurnalNet(eqx.Module):
         u = u.astype(dtype)
         mfield = fixed[2] * self.scale + self.mean
         a = (u - mfield) / self.scale
-        p = jnp.pad(a, 1, mode="edge")
-        gx = (0.5 * self.cell) * (p[1:-1, 2:] - p[1:-1, :-2])
-        gy = (0.5 * self.cell) * (p[2:, 1:-1] - p[:-2, 1:-1])
-        lap = self.cell**2 * (p[1:-1, 2:] + p[1:-1, :-2] + p[2:, 1:-1] + p[:-2, 1:-1] - 4 * a)
+        # differences over one training-grid cell: on a grid `cell` times as fine (an
+        # integer), the stencil spans `cell` cells, so at the cells the grids share the
+        # inputs are the training grid's own; otherwise (a coarser grid) rescaled
+        whole = self.cell >= 1 and abs(self.cell - round(self.cell)) < 1e-9
+        s = round(self.cell) if whole else 1
+        r = self.cell / s
+        p = jnp.pad(a, s, mode="edge")
+        e, w = p[s:-s, 2 * s :], p[s:-s, : -2 * s]
+        n, so = p[2 * s :, s:-s], p[: -2 * s, s:-s]
+        gx, gy = (0.5 * r) * (e - w), (0.5 * r) * (n - so)
+        lap = r**2 * (e + w + n + so - 4 * a)
         chans = [(u - self.mean) / self.scale, a, gx, gy, lap, *fixed]
         if self.clock:
             if t is None:
