@@ -700,8 +700,8 @@ class ERA5Study(AbstractStudy):
         ch = c.chunk_hours
         train_starts = np.arange(0, c.train_end, ch)
 
-        def cut(starts, length):  # windows of `length` hourly fields from each start
-            return np.stack([fields[s : s + length] for s in starts])
+        def cut(starts, length, src=fields):  # windows of `length` hourly fields from each start
+            return np.stack([src[s : s + length] for s in starts])
 
         train = cut(train_starts, ch + 1)
         length = c.train.longest_horizon + 1
@@ -731,7 +731,7 @@ class ERA5Study(AbstractStudy):
             g = ood["fields"]
             step, train_step = 0.25 * c.ood_coarsen, 0.25 * c.coarsen
             sets["ood"] = EvalSet(
-                "ood", np.stack([g[s : s + n] for s in test_starts]), 0,
+                "ood", cut(test_starts, n, g), 0,
                 {"lat": ood["lat"], "lon": ood["lon"], "starts": test_starts},
                 f"the same test hours on the {step:g}° grid ({g.shape[1]} × {g.shape[2]} "
                 f"cells; training's is {train_step:g}°): a resolution never trained on",
@@ -1044,10 +1044,24 @@ class ERA5Study(AbstractStudy):
         cols = (["method"] + [f"{k} h" for k in leads]
                 + [f"interior {k} h" for k in (6, 24) if k in leads]
                 + [f"skill {k} h" for k in (6, 24) if k in leads])  # fmt: skip
+        caption = (
+            "Mean ± std over seeds of the RMSE over all cells (interior: the boundary ring "
+            "excluded, which the physics-based methods take from the observations) of "
+            "forecasts from the same test starts; skill = 1 − RMSE / RMSE of persistence at "
+            "that lead (positive: better than persistence)."
+        )
+        moved = (
+            " Out of domain every trained model keeps its weights and θ_s; the physics runs "
+            "on the new grid, and the networks see that grid's fixed inputs (from its own "
+            "training period) and its differences in training-grid cells "
+            "(`DiurnalNet.moved_to`). hybrid_online runs in domain only."
+        )
         rmse_tables = []
-        for name, title in (("id", "Test RMSE (K) by forecast lead, last ten days"),
-                            ("ood", "Out of domain: test RMSE (K) by forecast lead, the same "
-                                    "hours on a grid never trained on")):  # fmt: skip
+        for name, title, note in (
+            ("id", "Test RMSE (K) by forecast lead, last ten days", ""),
+            ("ood", "Out of domain: test RMSE (K) by forecast lead, the same hours on a grid "
+                    "never trained on", moved),
+        ):  # fmt: skip
             rows = [
                 [m]
                 + [_pm(e.get(f"{name}_rmse_{k}h")) for k in leads]
@@ -1057,21 +1071,8 @@ class ERA5Study(AbstractStudy):
                 if e.get(f"{name}_rmse_1h") is not None
             ]
             if rows:
-                rmse_tables.append({"title": title, "columns": cols, "rows": rows})
-        for t in rmse_tables:
-            t["caption"] = (
-                "Mean ± std over seeds of the RMSE over all cells (interior: the boundary "
-                "ring excluded, which the physics-based methods take from the observations) "
-                "of forecasts from the same test starts; skill = 1 − RMSE / RMSE of "
-                "persistence at that lead (positive: better than persistence)."
-            )
-        if len(rmse_tables) > 1:
-            rmse_tables[1]["caption"] += (
-                " Out of domain every trained model keeps its weights and θ_s; the physics "
-                "runs on the new grid, and the networks see that grid's fixed inputs (from "
-                "its own training period) and its differences in training-grid cells "
-                "(`DiurnalNet.moved_to`). hybrid_online runs in domain only."
-            )
+                rmse_tables.append({"title": title, "columns": cols, "rows": rows,
+                                    "caption": caption + note})  # fmt: skip
         refs = extra["references"]
         trows = []
         for m in ("pure_physics_calibrated", "sequential_hybrid", "hybrid_staged", "hybrid_joint"):
