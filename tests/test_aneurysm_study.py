@@ -1,6 +1,7 @@
 """The aneurysm study (issue 10 §2): a tiny run end to end (results format, report,
 calibration towards the truth, resume from cached runs) and its building blocks
-(restriction of the fine truth to coarse cells, the wall closure, the Fisher block)."""
+(restriction of the fine truth to coarse cells, the wall closure, the Fisher block). The
+tiny run is slow (`make test-all`), like the other studies' end-to-end runs."""
 
 from __future__ import annotations
 
@@ -40,6 +41,7 @@ def tiny_run(tmp_path_factory):
     return out, results, lines
 
 
+@pytest.mark.slow  # the tiny run: 70 s of compiling on 2 cores
 def test_tiny_study_writes_results_that_the_report_renders(tiny_run):
     out, results, _ = tiny_run
     assert results["seeds"] == [0]  # max_seeds=1 of the two asked for, and said so
@@ -64,6 +66,7 @@ def test_tiny_study_writes_results_that_the_report_renders(tiny_run):
     assert (out / "figures" / "snapshots_id.png").is_file()  # from arrays.npz
 
 
+@pytest.mark.slow  # the tiny run: 70 s of compiling on 2 cores
 def test_calibration_moves_the_identified_viscosity_towards_the_truth(tiny_run):
     """Noise-free, the truth on the models' own lattice: from the Cho & Kensey prior the
     calibrated blood's viscosity at the shear rates of the flow (10 and 100 /s) moves to
@@ -84,6 +87,7 @@ def test_calibration_moves_the_identified_viscosity_towards_the_truth(tiny_run):
     assert m["pure_physics_calibrated"]["id_mse"]["mean"] < m["carreau_prior"]["id_mse"]["mean"]
 
 
+@pytest.mark.slow  # the tiny run: 70 s of compiling on 2 cores
 def test_resume_reuses_the_cached_runs(tiny_run):
     out, results, _ = tiny_run
     lines: list[str] = []

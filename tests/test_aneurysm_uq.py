@@ -33,6 +33,7 @@ def ensemble(tmp_path_factory):
     return study, lat, obs, cells, block, arrays
 
 
+@pytest.mark.slow  # the ensemble fixture: 65 s of compiling on 2 cores
 def test_vmapped_members_have_their_own_theta_and_equal_a_member_trained_alone(ensemble):
     """Member i of the one-program ensemble is the model `train_lattice` makes from member
     i's start (θ_s by Gauss–Newton, closure by Adam): losses and θ_s history to round-off;
@@ -54,6 +55,7 @@ def test_vmapped_members_have_their_own_theta_and_equal_a_member_trained_alone(e
     assert float(np.ptp([h[0] for h in block["theta_history"]["mu_0"]])) > 0  # own starts
 
 
+@pytest.mark.slow  # the ensemble fixture: 65 s of compiling on 2 cores
 def test_uq_block_has_the_schema_of_the_other_studies(ensemble):
     study, _, _, _, block, arrays = ensemble
     uq = _uq.wrap(study, block, 0)
@@ -142,6 +144,7 @@ def test_shaped_model_error_covers_where_the_error_is_large():
     assert shaped["sigma"] == pytest.approx(flat["sigma"])
 
 
+@pytest.mark.slow  # the ensemble fixture: 65 s of compiling on 2 cores
 def test_discretisation_error_vanishes_on_the_models_own_lattice(ensemble):
     """``refine = 1``: the "finer" lattice is the coarse one, so the estimate is zero; with
     ``refine = 2`` it is not (the coarse lattice has an error to estimate)."""

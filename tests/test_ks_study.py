@@ -56,3 +56,27 @@ def test_quick_hybrids_get_their_own_budget():
     quick = PRESETS["quick"]
     assert quick.hybrid_train.steps > quick.train.steps
     assert quick.emulator_steps is not None  # the --uq emulator ensemble keeps its own
+
+
+def test_uq_calibrates_on_extra_held_out_trajectories(tmp_path):
+    """``uq_calib_trajectories`` adds trajectories of their own seed to the validation ones
+    for --uq's calibration only: new states (not a copy of any split), the same for the
+    same config, absent without --uq, and no training run is invalidated by it."""
+    from scilayers.experiments._common import config_stamp
+
+    tiny = PRESETS["quick"].replace(trajectories=20, traj_steps=40, context_steps=4,
+                                    corr_steps=20, main_horizon=10, n_test=2, n_ood=2,
+                                    burn_in=5.0)  # fmt: skip
+    plain = KSStudy(tiny).problem(tmp_path, False)
+    assert plain.calib is None and plain.calibration[0] is plain.val
+    cfg = tiny.replace(uq="ensemble", uq_calib_trajectories=3)
+    prob = KSStudy(cfg).problem(tmp_path, False)
+    windows, t0 = prob.calibration
+    assert t0 is None and windows.shape == (plain.val.shape[0] + 3, *plain.val.shape[1:])
+    np.testing.assert_array_equal(windows[: plain.val.shape[0]], plain.val)
+    extra = windows[plain.val.shape[0] :]
+    seen = np.concatenate([plain.train, plain.val])[:, 0]
+    assert np.min(np.abs(extra[:, None, 0] - seen[None]).max(-1)) > 0.1  # not a copy
+    np.testing.assert_array_equal(KSStudy(cfg).problem(tmp_path, False).calib, windows)
+    assert config_stamp(cfg) == config_stamp(tiny)  # training runs stay cached
+    assert config_stamp(cfg, uq=True) != config_stamp(tiny.replace(uq="ensemble"), uq=True)
