@@ -164,13 +164,14 @@ class _ErrorModel:
            them; fitted on the measured components only); applied to every forecast by
            `recalibrate`.
 
-        Windows start every ``lead // 2`` steps of each trajectory, or at every step where
-        that would give fewer than 4 windows per trajectory (short trajectories, e.g. one
-        cardiac cycle: every phase then appears)."""
+        Windows start every ``lead // 2`` steps of each trajectory (every ``lead`` steps,
+        without overlap, from 32 trajectories on: enough independent windows, at half the
+        cost), or at every step where that would give fewer than 4 windows per trajectory
+        (short trajectories, e.g. one cardiac cycle: every phase then appears)."""
         windows_all, starts_all = problem.calibration
         val = np.asarray(windows_all)
         lead = int(min(lead, val.shape[1] - 1))
-        room, step = val.shape[1] - lead, max(1, lead // 2)
+        room, step = val.shape[1] - lead, max(1, lead // 2 if val.shape[0] < 32 else lead)
         starts = list(range(0, room, step if room > 3 * step else 1))
         u0 = jnp.asarray(np.concatenate([val[:, s] for s in starts]))
         windows = np.concatenate([val[:, s : s + lead + 1] for s in starts]).astype(np.float64)
