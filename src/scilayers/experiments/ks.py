@@ -242,20 +242,21 @@ class KSStudy(AbstractStudy):
             "fine_ood": ood_fine[: c.lyapunov_trajectories, c.context_steps - 1],
             "length_ood": length_ood,
         }
-        self._train_states = u[split == "train"].reshape(-1, c.n)
-        val = u[split == "val"]
+        train, val = u[split == "train"], u[split == "val"]
+        self._train_states = train.reshape(-1, c.n)
         calib = None
         if c.uq != "none" and c.uq_calib_trajectories:
-            calib = np.concatenate([val, self._calibration_truth(cache_dir, progress)])
-        return Problem(u[split == "train"], val, sets, info, calib=calib)
+            extra = self._calibration_truth(cache_dir, progress)[:, :, ::r]
+            calib = np.concatenate([val, extra])
+        return Problem(train, val, sets, info, calib=calib)
 
     def _calibration_truth(self, cache_dir: Path | None, progress: bool) -> np.ndarray:
-        """`uq_calib_trajectories` more coarse trajectories on the training domain, from
+        """`uq_calib_trajectories` more fine-grid trajectories on the training domain, from
         their own seed: only ``--uq`` calibrates on them (with the validation ones)."""
         c = self.cfg
         dc = self._data_config(trajectories=c.uq_calib_trajectories, seed=c.data_seed + 1)
         ds = ks_truth(replace(dc, ood_fraction=0.0), cache_dir=cache_dir, progress=progress)
-        return np.asarray(ds["u"].values)[:, :, :: c.n_fine // c.n]
+        return np.asarray(ds["u"].values)
 
     def _true_ks(self, length: float, n: int) -> KuramotoSivashinsky:
         c = self.cfg
