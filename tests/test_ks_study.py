@@ -66,7 +66,7 @@ def test_uq_calibrates_on_extra_held_out_trajectories(tmp_path):
 
     tiny = PRESETS["quick"].replace(trajectories=20, traj_steps=40, context_steps=4,
                                     corr_steps=20, main_horizon=10, n_test=2, n_ood=2,
-                                    burn_in=5.0)  # fmt: skip
+                                    burn_in=5.0, extra_test_trajectories=0)  # fmt: skip
     plain = KSStudy(tiny).problem(tmp_path, False)
     assert plain.calib is None and plain.calibration[0] is plain.val
     cfg = tiny.replace(uq="ensemble", uq_calib_trajectories=3)
@@ -80,3 +80,27 @@ def test_uq_calibrates_on_extra_held_out_trajectories(tmp_path):
     np.testing.assert_array_equal(KSStudy(cfg).problem(tmp_path, False).calib, windows)
     assert config_stamp(cfg) == config_stamp(tiny)  # training runs stay cached
     assert config_stamp(cfg, uq=True) != config_stamp(tiny.replace(uq="ensemble"), uq=True)
+
+
+def test_extra_test_trajectories_enlarge_both_sets_and_nothing_else(tmp_path):
+    """``extra_test_trajectories`` appends trajectories of their own seed to the in-domain
+    and the out-of-domain test sets: new states (not a copy of any split), on each set's
+    domain, while training, validation and the original test trajectories stay as they are."""
+    tiny = PRESETS["quick"].replace(trajectories=20, traj_steps=40, context_steps=4,
+                                    corr_steps=20, main_horizon=10, n_test=2, n_ood=2,
+                                    burn_in=5.0, extra_test_trajectories=0)  # fmt: skip
+    plain = KSStudy(tiny).problem(tmp_path, False)
+    more = KSStudy(tiny.replace(extra_test_trajectories=3)).problem(tmp_path, False)
+    np.testing.assert_array_equal(more.train, plain.train)
+    np.testing.assert_array_equal(more.val, plain.val)
+    for name in ("id", "ood"):
+        old, new = plain.eval_sets[name].data, more.eval_sets[name].data
+        assert new.shape == (old.shape[0] + 3, *old.shape[1:])  # same grid and span
+        np.testing.assert_array_equal(new[: old.shape[0]], old)
+        seen = old[:, 0]
+        if name == "id":
+            seen = np.concatenate([seen, plain.train[:, 0], plain.val[:, 0]])
+        extra = new[old.shape[0] :, 0]
+        assert np.min(np.abs(extra[:, None] - seen[None]).max(-1)) > 0.1  # not a copy
+    with pytest.raises(ValueError, match="extra_test_trajectories"):
+        tiny.replace(extra_test_trajectories=-1)
