@@ -104,3 +104,20 @@ def test_extra_test_trajectories_enlarge_both_sets_and_nothing_else(tmp_path):
         assert np.min(np.abs(extra[:, None] - seen[None]).max(-1)) > 0.1  # not a copy
     with pytest.raises(ValueError, match="extra_test_trajectories"):
         tiny.replace(extra_test_trajectories=-1)
+
+
+def test_product_features_are_the_pairwise_products_and_never_in_an_odd_closure(key):
+    dx = 44.0 / 64
+    x = np.arange(64) * dx
+    k = 2 * np.pi * 3 / (64 * dx)
+    u = np.sin(k * x)
+    feats = np.asarray(SpectralFeatures(_Channels(), dx, (0, 1), products=True)(jnp.asarray(u)))
+    ux = k * np.cos(k * x)
+    want = np.stack([u, ux, u * u, u * ux, ux * ux])
+    np.testing.assert_allclose(feats, want, atol=1e-9)
+    study = KSStudy(PRESETS["quick"].replace(closure_products=True))
+    assert study.closure(key).products and study.closure(key).net.channels_in == 9
+    odd = study.closure(key, odd=True)  # quadratic channels are even in u: left out
+    assert not odd.products and odd.net.is_odd
+    v = jax.random.normal(key, (64,))
+    np.testing.assert_allclose(odd(-v), -odd(v), atol=1e-12)
