@@ -104,8 +104,7 @@ class KSConfig(StudyConfig):
         extra = self.extra_test_trajectories
         if not (isinstance(extra, int) and extra >= 0):
             raise ValueError(
-                f"extra_test_trajectories must be an integer >= 0, got "
-                f"{self.extra_test_trajectories!r}."
+                f"extra_test_trajectories must be an integer >= 0, got {extra!r}."
             )
         if self.n_fine % self.n:
             raise ValueError(f"n_fine={self.n_fine} must be a multiple of n={self.n}.")
@@ -275,23 +274,27 @@ class KSStudy(AbstractStudy):
             calib = np.concatenate([val, extra])
         return Problem(train, val, sets, info, calib=calib)
 
+    def _own_seed_truth(self, trajectories: int, offset: int, ood_fraction: float,
+                        cache_dir: Path | None, progress: bool):  # fmt: skip
+        """The fine-grid truth of ``trajectories`` more trajectories from their own seed
+        (``data_seed + offset``), held out from the main truth's splits."""
+        dc = self._data_config(trajectories=trajectories, seed=self.cfg.data_seed + offset)
+        return ks_truth(replace(dc, ood_fraction=ood_fraction), cache_dir=cache_dir,
+                        progress=progress)  # fmt: skip
+
     def _extra_test_truth(self, cache_dir: Path | None, progress: bool):
         """`extra_test_trajectories` more fine-grid test trajectories in domain and as many
         out of domain, from their own seed (every one of them a test trajectory, whatever
         its split label)."""
-        c = self.cfg
-        k = c.extra_test_trajectories
-        dc = self._data_config(trajectories=k, seed=c.data_seed + 2)
-        ds = ks_truth(replace(dc, ood_fraction=1.0), cache_dir=cache_dir, progress=progress)
+        k = self.cfg.extra_test_trajectories
+        ds = self._own_seed_truth(k, 2, 1.0, cache_dir, progress)
         return np.asarray(ds["u"].values), np.asarray(ds["u_ood"].values)
 
     def _calibration_truth(self, cache_dir: Path | None, progress: bool) -> np.ndarray:
         """`uq_calib_trajectories` more fine-grid trajectories on the training domain, from
         their own seed: only ``--uq`` calibrates on them (with the validation ones)."""
-        c = self.cfg
-        dc = self._data_config(trajectories=c.uq_calib_trajectories, seed=c.data_seed + 1)
-        ds = ks_truth(replace(dc, ood_fraction=0.0), cache_dir=cache_dir, progress=progress)
-        return np.asarray(ds["u"].values)
+        k = self.cfg.uq_calib_trajectories
+        return np.asarray(self._own_seed_truth(k, 1, 0.0, cache_dir, progress)["u"].values)
 
     def _true_ks(self, length: float, n: int) -> KuramotoSivashinsky:
         c = self.cfg
