@@ -108,11 +108,12 @@ def test_unknown_names_exit_2():
 
 def _fake_main(calls):
     def main(study, preset="quick", seeds=3, out=None, data_dir=None, resume=False,
-             progress=True, uq=None):  # fmt: skip
+             progress=True, uq=None, jobs=1):  # fmt: skip
         calls.append(dict(study=study, preset=preset, seeds=seeds, out=out, data_dir=data_dir,
                           resume=resume))  # fmt: skip
         if uq is not None:
             calls[-1]["uq"] = uq
+        calls[-1]["_jobs"] = jobs
         return {"eval_sets": ["id"], "methods": {"m": {"id_mse": {"mean": 0.5}}},
                 "targets": [{"name": "t", "pass": True}]}  # fmt: skip
 
@@ -130,8 +131,12 @@ def test_run_hands_over_to_the_engine(monkeypatch, tmp_path):
         app, ["run", "ks", "--preset", "full", "--seeds", "2", "--out", str(out)]
     )
     assert result.exit_code == 0, result.output
+    jobs = calls[0].pop("_jobs")
     assert calls == [dict(study="ks", preset="full", seeds=2, out=out,
                           data_dir=tmp_path.resolve(), resume=False)]  # fmt: skip
+    from scilayers.experiments._parallel import auto_jobs
+
+    assert jobs == auto_jobs() >= 1  # by default, the usable cores (CPU backend)
     assert "report.md" in result.output and "0.5" in result.output  # summary table + path
     monkeypatch.delenv("SCILAYERS_DATA_DIR")
     monkeypatch.chdir(tmp_path)
@@ -144,6 +149,9 @@ def test_run_hands_over_to_the_engine(monkeypatch, tmp_path):
     assert calls[-1]["uq"] == "ensemble"
     result = runner.invoke(app, ["run", "burgers", "--uq", "posterior"])
     assert result.exit_code == 2 and "unknown --uq 'posterior'" in result.output
+    result = runner.invoke(app, ["run", "burgers", "--jobs", "3"])
+    assert result.exit_code == 0, result.output
+    assert calls[-1]["_jobs"] == 3
 
 
 def test_run_all_runs_every_registered_study(monkeypatch, tmp_path):
@@ -162,6 +170,7 @@ def test_run_all_runs_every_registered_study(monkeypatch, tmp_path):
     [
         (["--preset", "huge"], "unknown preset 'huge'"),
         (["--seeds", "0"], "--seeds must be >= 1"),
+        (["--jobs", "0"], "--jobs must be >= 1"),
         (["--data-dir", "/nonexistent/data"], "does not exist"),
     ],
 )

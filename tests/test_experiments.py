@@ -165,6 +165,35 @@ def test_seeds_differ_but_a_rerun_reproduces(study, tmp_path):
     assert "pinn" not in again["methods"]  # no PINN config: the row is left out, not faked
 
 
+def test_worker_processes_give_the_same_results(tmp_path):
+    """`run_study(jobs=2)` trains the (run, seed) pairs, and the UQ ensembles, on two
+    spawned worker processes: every method's per-seed metrics and learned θ_s, the
+    ablations and the UQ block equal those of the one-process run."""
+    cfg = TINY.replace(data_sizes=(), lambda_sweep=(0.0,), closure_variants=("orthogonal",),
+                       pinn=None, uq="ensemble", uq_members=2, uq_samples=2,
+                       uq_windows=1)  # fmt: skip
+    lines: list[str] = []
+    one = run_study(BurgersStudy(cfg), [0, 1], tmp_path / "one", progress=False, log=quiet)
+    two = run_study(BurgersStudy(cfg), [0, 1], tmp_path / "two", progress=False,
+                    log=lines.append, jobs=2)  # fmt: skip
+    assert any("on 2 worker processes" in line for line in lines)
+    assert list(two["methods"]) == list(one["methods"])
+    for name, m in one["methods"].items():
+        for key in ("id_mse", "ood_mse"):
+            assert two["methods"][name][key]["per_seed"] == m[key]["per_seed"], (name, key)
+        assert two["methods"][name]["theta"] == m["theta"], name
+    def untimed(block):
+        if isinstance(block, dict):
+            return {k: untimed(v) for k, v in block.items() if "seconds" not in k}
+        return block
+
+    assert untimed(two["ablations"]) == untimed(one["ablations"])
+    assert any("uq ensemble: hybrid_joint, neural_emulator on 2 worker" in ln for ln in lines)
+    assert untimed(two["uq"]) == untimed(one["uq"])
+    cached = sorted(p.name for p in (tmp_path / "two" / "runs").glob("*__seed*.json"))
+    assert cached == sorted(p.name for p in (tmp_path / "one" / "runs").glob("*__seed*.json"))
+
+
 @pytest.mark.slow
 def test_resume_reuses_finished_runs(study):
     out, results = study

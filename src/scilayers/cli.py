@@ -232,14 +232,17 @@ def data_arterial(
 # -------------------------------------------------------------------------------- run
 def _run_one(name: str, preset: str, seeds: int | None, out: Path | None,
              data_dir: Path | None, resume: bool, progress: bool,
-             uq: str | None = None) -> Path:  # fmt: skip
+             uq: str | None = None, jobs: int | None = None) -> Path:  # fmt: skip
     from .experiments import main
+    from .experiments._parallel import auto_jobs
 
     cls = _study_class(name)
     if preset not in cls.presets:
         fail(f"unknown preset {preset!r} for {name}; choose one of {', '.join(cls.presets)}")
     if seeds is not None and seeds < 1:
         fail(f"--seeds must be >= 1, got {seeds}")
+    if jobs is not None and jobs < 1:
+        fail(f"--jobs must be >= 1, got {jobs}")
     if uq is not None and uq not in ("none", "ensemble", "bayes"):
         fail(f"unknown --uq {uq!r}; choose none, ensemble or bayes")
     out_dir = out if out is not None else Path("runs") / f"{name}-{preset}"
@@ -250,7 +253,7 @@ def _run_one(name: str, preset: str, seeds: int | None, out: Path | None,
     try:
         results = main(name, preset, seeds=seeds or 3, out=out_dir,
                        data_dir=_resolve_data_dir(data_dir), resume=resume,
-                       progress=progress, uq=uq)  # fmt: skip
+                       progress=progress, uq=uq, jobs=jobs or auto_jobs())  # fmt: skip
     except (ValueError, FileNotFoundError) as e:
         fail(str(e))
     _print_summary(out_dir, results, time.perf_counter() - t0)
@@ -293,6 +296,22 @@ _DISTRIBUTED_HELP = (
 )
 
 
+_JOBS_HELP = (
+    "Local worker processes that train independent (method, seed) runs at once (default: "
+    "the usable cores, at most 4, on a CPU backend; 1 on an accelerator or with "
+    "--distributed). Results do not depend on it."
+)
+
+
+def _one_job_when_distributed(jobs: int | None) -> int:
+    """``--distributed`` shares each training step among all processes' devices: no local
+    worker processes besides."""
+    if jobs is not None and jobs > 1:
+        fail(f"--jobs {jobs} cannot be combined with --distributed (each step already runs "
+             "on every device of every process); leave --jobs out")  # fmt: skip
+    return 1
+
+
 def _start_distributed() -> None:
     """``--distributed``: join the run's processes; must come before anything uses JAX."""
     from .distributed import devices_summary, initialize
@@ -323,10 +342,12 @@ def _make_run_command(name: str):
             "error) or bayes (NUTS posterior of θ_s); default: the preset's (none).",
         ),
         distributed: bool = typer.Option(False, "--distributed", help=_DISTRIBUTED_HELP),
+        jobs: int | None = typer.Option(None, "--jobs", "-j", help=_JOBS_HELP),
     ):
         if distributed:
+            jobs = _one_job_when_distributed(jobs)
             _start_distributed()
-        _run_one(name, preset, seeds, out, data_dir, resume, progress, uq)
+        _run_one(name, preset, seeds, out, data_dir, resume, progress, uq, jobs)
 
     return command
 
@@ -355,12 +376,15 @@ def _register() -> None:
         resume: bool = typer.Option(False, "--resume", help="Continue finished runs."),
         progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bars."),
         distributed: bool = typer.Option(False, "--distributed", help=_DISTRIBUTED_HELP),
+        jobs: int | None = typer.Option(None, "--jobs", "-j", help=_JOBS_HELP),
     ):
         """Run every registered study at PRESET (into OUT/NAME-PRESET)."""
         if distributed:
+            jobs = _one_job_when_distributed(jobs)
             _start_distributed()
         for name in STUDIES:
-            _run_one(name, preset, seeds, out / f"{name}-{preset}", data_dir, resume, progress)
+            _run_one(name, preset, seeds, out / f"{name}-{preset}", data_dir, resume, progress,
+                     jobs=jobs)  # fmt: skip
 
 
 _register()

@@ -41,10 +41,12 @@ def main(
     progress: bool = True,
     log=print,
     uq: str | None = None,
+    jobs: int = 1,
 ) -> dict:
     """Run the study ``study`` at ``preset`` over ``seeds`` seeds, write ``out`` and the
     report (what ``scilayers run STUDY`` does); ``uq`` (``"none"``, ``"ensemble"``,
-    ``"bayes"``; default: the preset's) adds the uncertainty block."""
+    ``"bayes"``; default: the preset's) adds the uncertainty block; ``jobs`` > 1 trains
+    independent (run, seed) pairs on that many local worker processes."""
     cls = get_study(study)
     if preset not in cls.presets:
         raise ValueError(f"unknown preset {preset!r} for {study}; choose one of "
@@ -61,7 +63,7 @@ def main(
         results = runner(list(range(seeds)), out, resume=resume, progress=progress, log=log)
     else:
         results = run_study(instance, list(range(seeds)), out, resume=resume,
-                            progress=progress, log=log)  # fmt: skip
+                            progress=progress, log=log, jobs=jobs)  # fmt: skip
     from ..distributed import is_writer
     from ..report import build_report
 

@@ -42,6 +42,7 @@ from ..params import named, values
 from ..solvers import rollout, takes_time
 from ..training import fit
 from ._common import RunCache, config_stamp, environment, write_json
+from ._parallel import run_parallel
 from ._study import AbstractStudy, EvalSet, Problem
 from ._uq import run_uq, uq_targets
 
@@ -414,6 +415,20 @@ def run_one(study: AbstractStudy, problem: Problem, name: str, opts: dict | None
     return metrics, arrays
 
 
+def _train_seeds(study: AbstractStudy, problem: Problem, name: str, opts: dict | None,
+                 seeds: list[int], out: Path, resume: bool, lyap: dict[str, float],
+                 stamp: str) -> list[tuple[int, float]]:  # fmt: skip
+    """`run_one` for each seed in turn, each written to the run cache as it finishes (a
+    worker's task in `run_parallel`); returns ``(seed, seconds)`` per seed."""
+    cache, times = RunCache(Path(out) / "runs", stamp), []
+    for seed in seeds:
+        t0 = time.perf_counter()
+        metrics, arrays = run_one(study, problem, name, opts, seed, out, resume, False, lyap)
+        cache.put(name, seed, metrics, arrays)
+        times.append((seed, time.perf_counter() - t0))
+    return times
+
+
 def _pinn(study: AbstractStudy, problem: Problem, seed: int):
     cfg = study.cfg
     preds, conv = {}, {"final_loss": [], "converged": [], "steps": []}
@@ -605,9 +620,11 @@ class _WallLedger:
 
 def run_study(study: AbstractStudy, seeds: list[int], out: Path, *, resume: bool = False,
               progress: bool = True, cache_dir: Path | None = None,
-              log: Callable[[str], None] = print) -> dict:  # fmt: skip
+              log: Callable[[str], None] = print, jobs: int = 1) -> dict:  # fmt: skip
     """Run every method and ablation of ``study`` over ``seeds``; write results, arrays and
-    the report into ``out``."""
+    the report into ``out``. With ``jobs`` > 1 the (run, seed) trainings not yet cached
+    run first on that many local worker processes (`run_parallel`; one process only: not
+    in a ``--distributed`` run); the results are the same."""
     t_start = time.perf_counter()
     cfg = study.cfg
     out = Path(out)
@@ -637,15 +654,43 @@ def run_study(study: AbstractStudy, seeds: list[int], out: Path, *, resume: bool
     names = [*REFERENCE, *METHODS, *extras, *[n for n in runs if n not in METHODS]]
     data_seeds = seeds if cfg.data_seeds is None else seeds[: cfg.data_seeds]
     abl_seeds = seeds if cfg.ablation_seeds is None else seeds[: cfg.ablation_seeds]
+
+    def seeds_of(name: str) -> list[int]:
+        if name.startswith("abl_data_"):
+            return data_seeds
+        if name.startswith("abl_"):
+            return abl_seeds
+        if name == "pinn" and cfg.pinn_seeds is not None:
+            return seeds[: cfg.pinn_seeds]
+        if name in DETERMINISTIC:  # no seed enters it: evaluated once
+            return seeds[:1]
+        return seeds
+
+    if jobs > 1 and jax.process_count() == 1:
+        todo = [(n, runs.get(n), [s for s in seeds_of(n) if cache.get(n, s) is None])
+                for n in names]  # fmt: skip
+        for stale in dict.fromkeys(cache.stale):
+            log(f"{stale}: the cached result was made with another config; recomputing")
+        todo = [t for t in todo if t[2]]
+        if todo:
+            log(f"{sum(len(t[2]) for t in todo)} runs of {len(todo)} methods on "
+                f"{min(jobs, len(todo))} worker processes")  # fmt: skip
+
+        def done(name: str, times, _):
+            ledger.update()
+            log(f"  {name}: " + ", ".join(f"seed {s} {t:.0f} s" for s, t in times))
+
+        tasks = [(n, _train_seeds, (n, opts, ss, out, resume, lyap, cache.stamp))
+                 for n, opts, ss in todo]  # fmt: skip
+        run_parallel(study, tasks, jobs=jobs, cache_dir=cache_dir, done=done, log=log)
+        cache.stale.clear()
+
     results: dict[str, list[dict]] = {}
     agg: dict[str, dict] = {}  # run name -> mean ± std over seeds
     fields: dict[str, np.ndarray] = {}
     for name in names:
         results[name] = []
-        run_seeds = seeds if not name.startswith("abl_") else abl_seeds
-        if name == "pinn" and cfg.pinn_seeds is not None:
-            run_seeds = seeds[: cfg.pinn_seeds]
-        for seed in data_seeds if name.startswith("abl_data_") else run_seeds:
+        for seed in seeds if name in DETERMINISTIC else seeds_of(name):
             hit = cache.get(name, seed)
             if hit is None and cache.stale[-1:] == [f"{name} (seed {seed})"]:
                 log(f"{name} (seed {seed}): the cached result was made with another config; "
@@ -688,7 +733,8 @@ def run_study(study: AbstractStudy, seeds: list[int], out: Path, *, resume: bool
     arrays_out.update(fields)
     uq = None
     if cfg.uq != "none":
-        uq, uq_arrays = run_uq(study, problem, seeds[0], out, cfg.uq, progress, log)
+        uq, uq_arrays = run_uq(study, problem, seeds[0], out, cfg.uq, progress, log,
+                               jobs=jobs, cache_dir=cache_dir)  # fmt: skip
         arrays_out.update(uq_arrays)
     if distributed.is_writer():
         np.savez(out / "arrays.npz", **arrays_out)

@@ -465,9 +465,47 @@ def uq_targets(uq: dict | None) -> list[dict]:
     return out
 
 
+def _uq_paths(out: Path, kind: str, method: str, seed: int) -> tuple[Path, Path]:
+    path = Path(out) / "runs" / f"uq_{kind}_{method}__seed{seed}.json"
+    return path, path.with_suffix(".npz")
+
+
+def _uq_cached(out: Path, kind: str, method: str, seed: int, stamp: str):
+    """The cached ``(entry, arrays)`` of one method's UQ, or ``None`` (none, or made with
+    another config)."""
+    path, apath = _uq_paths(out, kind, method, seed)
+    if not agree(path.exists() and apath.exists()):  # process 0 decides for all
+        return None
+    entry = json.loads(path.read_text())
+    if entry.pop("config_stamp", stamp) != stamp:
+        return None
+    with np.load(apath) as f:
+        return entry, {k: f[k] for k in f.files}
+
+
+def _uq_method(study: AbstractStudy, problem: Problem, method: str, seed: int, out: Path,
+               kind: str, progress: bool, stamp: str):  # fmt: skip
+    """One method's UQ entry, computed and written to the run cache; returns it."""
+    t = time.perf_counter()
+    if kind == "ensemble":
+        entry, shown = _ensemble(study, problem, method, seed, progress)
+    else:
+        entry, shown = _bayes(study, problem, seed, out, progress)
+    entry["seconds"] = time.perf_counter() - t
+    path, apath = _uq_paths(out, kind, method, seed)
+    if is_writer():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(apath, **shown)
+    write_json(path, {**entry, "config_stamp": stamp})
+    return entry, shown
+
+
 def run_uq(study: AbstractStudy, problem: Problem, seed: int, out: Path, kind: str,
-           progress: bool, log) -> tuple[dict, dict[str, np.ndarray]]:  # fmt: skip
-    """The ``uq`` block (and the interval arrays for the report) of a study run."""
+           progress: bool, log, jobs: int = 1,
+           cache_dir: Path | None = None) -> tuple[dict, dict[str, np.ndarray]]:  # fmt: skip
+    """The ``uq`` block (and the interval arrays for the report) of a study run. With
+    ``jobs`` > 1, the methods not cached yet are computed at once on worker processes
+    (`run_parallel`, which loads the problem from ``cache_dir``)."""
     cfg = study.cfg
     methods = ("hybrid_joint",) if kind == "bayes" else tuple(cfg.uq_methods)
     block: dict = {
@@ -481,30 +519,20 @@ def run_uq(study: AbstractStudy, problem: Problem, seed: int, out: Path, kind: s
         "methods": {},
     }
     arrays: dict[str, np.ndarray] = {}
-    cache = out / "runs"
     stamp = config_stamp(cfg, uq=True)
+    todo = [m for m in methods if _uq_cached(out, kind, m, seed, stamp) is None]
+    if jobs > 1 and len(todo) > 1 and jax.process_count() == 1:
+        from ._parallel import run_parallel
+
+        log(f"uq {kind}: {', '.join(todo)} on {min(jobs, len(todo))} worker processes")
+        tasks = [(m, _uq_method, (m, seed, out, kind, False, stamp)) for m in todo]
+        run_parallel(study, tasks, jobs=jobs, cache_dir=cache_dir, log=log,
+                     done=lambda m, _, t: log(f"  uq {kind} {m}: {t:.0f} s"))  # fmt: skip
     for method in methods:
-        path = cache / f"uq_{kind}_{method}__seed{seed}.json"
-        apath = path.with_suffix(".npz")
-        entry = None
-        if agree(path.exists() and apath.exists()):  # process 0 decides for all
-            entry = json.loads(path.read_text())
-            if entry.pop("config_stamp", stamp) != stamp:  # made with another config
-                entry = None
-            else:
-                with np.load(apath) as f:
-                    shown = {k: f[k] for k in f.files}
-        if entry is None:
-            t = time.perf_counter()
-            if kind == "ensemble":
-                entry, shown = _ensemble(study, problem, method, seed, progress)
-            else:
-                entry, shown = _bayes(study, problem, seed, out, progress)
-            entry["seconds"] = time.perf_counter() - t
-            if is_writer():
-                cache.mkdir(parents=True, exist_ok=True)
-                np.savez(apath, **shown)
-            write_json(path, {**entry, "config_stamp": stamp})
+        hit = _uq_cached(out, kind, method, seed, stamp)
+        if hit is None:
+            hit = _uq_method(study, problem, method, seed, out, kind, progress, stamp)
+        entry, shown = hit
         block["methods"][method] = entry
         for k, v in shown.items():
             arrays[f"uq__{method}__{k}"] = v
