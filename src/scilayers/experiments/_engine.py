@@ -762,6 +762,7 @@ def run_study(study: AbstractStudy, seeds: list[int], out: Path, *, resume: bool
         "wall_seconds": wall,
         "wall_seconds_total": ledger.total(),
         "invocations": ledger.count(),
+        "jobs": jobs if jax.process_count() == 1 else 1,
     }
     if ident:
         results_json["identifiability"] = ident
@@ -823,6 +824,7 @@ def _generic_targets(res: dict) -> list[dict]:
         wall = res.get("wall_seconds_total", res.get("wall_seconds", 0.0))
         runs = res.get("invocations", 1)
         how = "" if runs == 1 else f", {runs} invocations (killed and resumed) together"
+        how += f", {res.get('jobs', 1)} worker process{'es' if res.get('jobs', 1) > 1 else ''}"
         out.append({"name": "quick preset under 10 minutes (2 cores)",
                     "value": f"{wall / 60:.1f} min (before figures{how})", "target": "< 10",
                     "pass": bool(wall < 600)})  # fmt: skip
